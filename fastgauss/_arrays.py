@@ -1,0 +1,54 @@
+"""Turning user input into validated torch tensors: DLPack interop, shapes, finiteness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def as_tensor(value, name: str) -> torch.Tensor:
+    """A torch view of ``value``: a tensor as is, numpy or cupy arrays through DLPack.
+
+    Zero-copy where the producer allows it (numpy on CPU, cupy on CUDA); read-only numpy
+    arrays, which DLPack cannot export, are copied.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if not value.flags.writeable or value.dtype.byteorder not in "=|":
+            value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
+        return torch.from_numpy(value)
+    if hasattr(value, "__dlpack__"):
+        return torch.from_dlpack(value)
+    raise TypeError(
+        f"{name}: expected a torch.Tensor or an array supporting DLPack (numpy, cupy), "
+        f"got {type(value).__name__}")
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Floating tensors pass through; bool and integers become float32 (float64 above 16 bits)."""
+    if x.is_floating_point():
+        return x
+    if x.is_complex():
+        raise TypeError(f"complex input is not supported (dtype {x.dtype})")
+    exact_in_fp32 = x.dtype == torch.bool or x.element_size() <= 2
+    return x.to(torch.float32 if exact_in_fp32 else torch.float64)
+
+
+def flatten_batch(x: torch.Tensor, name: str) -> torch.Tensor:
+    """[B, *feature_shape] -> [B, d]; rejects tensors without a batch and a feature dimension."""
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name}: expected shape [B, *feature_shape] with at least 2 dimensions, "
+            f"got shape {tuple(x.shape)}")
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` and the count when ``x`` holds NaN or infinity."""
+    if x.is_floating_point():
+        bad = (~torch.isfinite(x)).sum().item()
+        if bad:
+            raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")
