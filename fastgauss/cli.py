@@ -1,0 +1,97 @@
+"""The ``fastgauss`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import dataset_names, load_dataset
+from .moments import PRECISIONS, Moments
+from .spectrum import components_for_variance, plot_spectrum
+
+DEFAULT_OUT = Path("fastgauss-out")
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _stats(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    data = load_dataset(args.dataset, limit=args.limit)
+    name = Path(str(args.dataset)).stem if args.dataset not in dataset_names() else args.dataset
+    out = Path(args.out) if args.out else DEFAULT_OUT / f"stats-{name}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    moments = Moments.from_loader(data.split(args.batch_size), device=args.device, progress=not args.quiet,
+                                  desc=f"moments of {name}", precision=args.precision)
+    eigvals, eigvecs = moments.eigh(rank=args.rank, ddof=args.ddof)
+    all_eigvals = eigvals if args.rank is None else moments.eigh(ddof=args.ddof)[0]
+    result = {
+        "source": str(args.dataset), "count": moments.count, "feature_shape": moments.feature_shape,
+        "ddof": args.ddof, "mean": moments.mean.cpu(), "covariance": moments.covariance(args.ddof).cpu(),
+        "eigvals": eigvals.cpu(), "eigvecs": eigvecs.cpu(), "moments": moments.state_dict(),
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(result, tmp)
+    tmp.replace(out)  # atomic: a crash never leaves a half-written file
+
+    print(f"dataset      {args.dataset}  ({moments.count} samples, feature shape {moments.feature_shape})")
+    print(f"dimension    d = {moments.dim}")
+    top = ", ".join(f"{v:.4g}" for v in all_eigvals[: args.top].tolist())
+    print(f"top {min(args.top, all_eigvals.numel())} eigenvalues  {top}")
+    print(f"total variance  {all_eigvals.sum().item():.6g}")
+    for frac, k in components_for_variance(all_eigvals.cpu()).items():
+        print(f"components for {frac:.1%} of the variance: {k} of {moments.dim}")
+    print(f"wrote {out}")
+    if not args.no_plot:
+        try:
+            png = plot_spectrum(out.with_suffix(".png"), all_eigvals.cpu(), result["mean"], result["eigvecs"],
+                                moments.feature_shape, f"{name}: {moments.count} samples, d = {moments.dim}")
+            print(f"wrote {png}")
+        except ImportError:
+            print("(install fastgauss[plot] for a picture of the spectrum)")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastgauss", description="Hidden Gaussian structure of diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stats = commands.add_parser(
+        "stats", help="mean, covariance and eigendecomposition of a dataset",
+        description="Stream a dataset through fastgauss.Moments and write mean, covariance and "
+                    "eigendecomposition to a file (torch.save).")
+    stats.add_argument("dataset", help=f"bundled ({', '.join(dataset_names())}) or a path: image folder, "
+                                       "zip of images, .npy/.npz")
+    stats.add_argument("--out", help=f"output file (default {DEFAULT_OUT}/stats-NAME.pt; a .png beside it)")
+    stats.add_argument("--limit", type=int, help="use only the first N samples")
+    stats.add_argument("--batch-size", type=int, default=1024)
+    stats.add_argument("--rank", type=int, help="keep only the top RANK eigenpairs in the file")
+    stats.add_argument("--ddof", type=int, default=0, choices=(0, 1), help="divide by N - ddof (default N)")
+    stats.add_argument("--top", type=int, default=10, help="how many eigenvalues to print")
+    stats.add_argument("--device", default=_default_device(), help="where to accumulate (default: cuda if present)")
+    stats.add_argument("--precision", default="ieee", choices=PRECISIONS, help="GPU product mode")
+    stats.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    stats.add_argument("--quiet", action="store_true", help="no progress bar")
+    stats.set_defaults(run=_stats)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1:
+        print("fastgauss: error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fastgauss: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The fastgauss command line."""
+
+import numpy as np
+import torch
+
+from fastgauss import reference as ref
+from fastgauss.cli import main
+from fastgauss.data import load_dataset
+from helpers import rel_err
+
+
+def test_stats_on_bundled_digits_writes_moments_and_eigenpairs(tmp_path, capsys):
+    out = tmp_path / "digits.pt"
+    assert main(["stats", "digits", "--out", str(out), "--batch-size", "500", "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "1797 samples" in printed and "d = 64" in printed
+    assert "components for 99.0% of the variance" in printed
+    saved = torch.load(out)
+    x = load_dataset("digits").reshape(1797, -1)
+    assert saved["count"] == 1797 and saved["feature_shape"] == (1, 8, 8)
+    assert rel_err(saved["mean"], ref.mean(x)) < 1e-7
+    assert rel_err(saved["covariance"], ref.covariance(x)) < 1e-6
+    vals, vecs = saved["eigvals"], saved["eigvecs"]
+    assert torch.all(vals[:-1] >= vals[1:])
+    assert rel_err(vecs @ torch.diag(vals) @ vecs.T, ref.covariance(x)) < 1e-6
+    assert (tmp_path / "digits.png").stat().st_size > 1000
+
+
+def test_stats_on_npy_with_rank_and_ddof(tmp_path, capsys):
+    arr = np.random.default_rng(0).uniform(-1, 1, (300, 12)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", arr)
+    out = tmp_path / "v.pt"
+    assert main(["stats", str(tmp_path / "vectors.npy"), "--out", str(out), "--rank", "3", "--ddof", "1",
+                 "--quiet", "--no-plot", "--device", "cpu"]) == 0
+    saved = torch.load(out)
+    assert saved["eigvecs"].shape == (12, 3)
+    assert rel_err(saved["covariance"], ref.covariance(torch.from_numpy(arr), ddof=1)) < 1e-6
+
+
+def test_unknown_dataset_is_a_clear_error(capsys):
+    assert main(["stats", "no-such-dataset", "--quiet"]) == 2
+    assert "digits, faces, patches" in capsys.readouterr().err
