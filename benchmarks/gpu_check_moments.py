@@ -1,0 +1,102 @@
+"""gpu_check entries for streaming moments: correctness in every mode, then speed."""
+
+from __future__ import annotations
+
+import torch
+
+import fastgauss
+from fastgauss import reference as ref
+from fastgauss.kernels import moments as kernel
+from gpu_check_lib import Report, bench_ms
+
+#: Relative Frobenius error allowed for the covariance, by product mode.
+TOLERANCE = {"ieee": 1e-6, "tf32x3": 1e-5, "tf32": 5e-3}
+
+
+def _rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual = actual.detach().double().cpu()
+    if not torch.isfinite(actual).all():
+        return float("nan")
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def _data(n: int, d: int, device, seed: int, offset: float = 100.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.logspace(0, -2, d)
+    return (torch.randn(n, d, generator=g) * spread + offset).to(device)
+
+
+def _stream(x, z=None, *, precision="ieee", chunk=1000):
+    m = fastgauss.Moments(precision=precision)
+    for start in range(0, x.shape[0], chunk):
+        m.update(x[start:start + chunk], None if z is None else z[start:start + chunk])
+    return m
+
+
+def check_moments(report: Report, device, *, smoke: bool) -> None:
+    sizes = [(70, 7), (50, 65)] if smoke else [(4096, 1), (4096, 63), (4096, 129), (8192, 1024), (65536, 300)]
+    for precision in kernel.PRECISIONS:
+        for i, (n, d) in enumerate(sizes):
+            x = _data(n, d, device, seed=i)
+            m = _stream(x, precision=precision, chunk=max(1, n // 3 + 1))
+            report.check(f"moments covariance {precision}", f"n={n} d={d} offset=100",
+                         _rel(m.covariance(), ref.covariance(x)), TOLERANCE[precision])
+        n, dx, dz = (40, 9, 5) if smoke else (8192, 257, 130)
+        x, z = _data(n, dx, device, seed=7), _data(n, dz, device, seed=8, offset=-3.0)
+        m = _stream(x, z, precision=precision, chunk=max(1, n // 4))
+        report.check(f"moments cross-covariance {precision}", f"n={n} dx={dx} dz={dz}",
+                     _rel(m.cross_covariance(), ref.cross_covariance(z, x)), TOLERANCE[precision])
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _data(64 if smoke else 8192, 33 if smoke else 513, device, seed=9, offset=1.0).to(dtype)
+        report.check(f"moments covariance {str(dtype)[6:]} input", f"n={x.shape[0]} d={x.shape[1]}",
+                     _rel(_stream(x).covariance(), ref.covariance(x)), TOLERANCE["ieee"])
+    if not smoke:
+        _check_cupy(report)
+
+
+def _check_cupy(report: Report) -> None:
+    try:
+        import cupy
+    except ImportError:
+        print("[skip] cupy is not installed: DLPack input from cupy not checked", flush=True)
+        return
+    x = cupy.random.standard_normal((5000, 200), dtype=cupy.float32) + 3
+    m = fastgauss.Moments().update(x)
+    expected = ref.covariance(torch.from_dlpack(x))
+    report.check("moments covariance cupy input", "n=5000 d=200 (DLPack)", _rel(m.covariance(), expected),
+                 TOLERANCE["ieee"])
+
+
+def time_moments(report: Report, device, n: int = 65536) -> None:
+    """Centred Gram kernel against torch's full Gram x.T @ x in the same precision."""
+    for d in (3072, 12288):
+        case = f"N={n} d={d}"
+        x = torch.randn(n, d, device=device)
+        flops = 2 * n * d * d  # the full Gram's count; the kernel does about half of it
+        nbytes = n * d * 4
+        shift = x.mean(0)
+        out = torch.zeros(d, d, dtype=torch.float64, device=device)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            report.time("torch x.T @ x fp32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
+            report.time("torch.cov fp32 (eager)", case, bench_ms(lambda: torch.cov(x.T, correction=0)),
+                        flops=flops, nbytes=nbytes)
+            compiled = torch.compile(lambda t: (t - t.mean(0)).T @ (t - t.mean(0)))
+            compiled(x)
+            report.time("torch.compile centred gram fp32", case, bench_ms(lambda: compiled(x)), flops=flops,
+                        nbytes=nbytes)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            report.time("torch x.T @ x tf32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        for precision, baseline in (("ieee", "torch x.T @ x fp32"), ("tf32x3", "torch x.T @ x fp32"),
+                                    ("tf32", "torch x.T @ x tf32")):
+            ms = bench_ms(lambda: kernel.centered_gram_accumulate(out, x, shift, precision=precision))
+            report.time(f"fastgauss centred gram {precision}", case, ms, flops=flops, nbytes=nbytes,
+                        baseline=baseline)
+        ms = bench_ms(lambda: fastgauss.Moments().update(x))
+        report.time("fastgauss Moments.update ieee (end to end)", case, ms, flops=flops, nbytes=nbytes,
+                    baseline="torch.cov fp32 (eager)")
+        del x, out
+        torch.cuda.empty_cache()
