@@ -9,7 +9,9 @@ over the architecture's limit, or a kernel meant for tensor cores that uses none
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -95,6 +97,9 @@ def compile_entry(name, fn, signature, constexprs, num_warps, num_stages, expect
 
 
 def run_gate(modules=KERNEL_MODULES, archs=ARCHS) -> list[GateResult]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("the compile gate builds real cubins: run it with TRITON_INTERPRET unset "
+                           "(python -m fastgauss.kernels.check does so by itself)")
     results = []
     for module_name in modules:
         module = importlib.import_module(f"{__package__}.{module_name}")
@@ -117,11 +122,17 @@ def format_table(results: list[GateResult]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastgauss.kernels.check", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", choices=ARCHS, help="only this arch (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("note: TRITON_INTERPRET=1 is ignored by the gate; it compiles real cubins", file=sys.stderr)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        # The interpreter replaces every @triton.jit function at import: start afresh without it.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run([sys.executable, "-m", __spec__.name, *argv], env=env).returncode
     results = run_gate(archs=tuple(args.arch or ARCHS))
     print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([dict(dataclasses.asdict(r), failures=r.failures) for r in results], indent=1))
     failed = [r for r in results if r.failures]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
