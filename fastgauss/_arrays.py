@@ -17,8 +17,8 @@ def as_tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        if not value.flags.writeable or value.dtype.byteorder not in "=|":
-            value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
+        if not value.flags.writeable or not value.dtype.isnative:
+            value = np.array(value, dtype=value.dtype.newbyteorder("="), copy=True)
         return torch.from_numpy(value)
     if hasattr(value, "__dlpack__"):
         return torch.from_dlpack(value)

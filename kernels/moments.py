@@ -20,7 +20,7 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 def _upper_tile_coords(pid):
     """Map a linear program id to tile coordinates (ti, tj) with ti <= tj, column by column."""
     tj = ((tl.sqrt((8 * pid + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-    # float sqrt can be off by one near perfect squares: correct both ways.
+    # fp32 sqrt may be off by one near perfect squares on very large grids: correct both ways.
     tj = tl.where(tj * (tj + 1) // 2 > pid, tj - 1, tj)
     tj = tl.where((tj + 1) * (tj + 2) // 2 <= pid, tj + 1, tj)
     ti = pid - tj * (tj + 1) // 2
