@@ -46,9 +46,17 @@ def flatten_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
+def inspectable(x: torch.Tensor) -> bool:
+    """False inside torch.func transforms (vmap, jacrev, ...), where values cannot be read out."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """ValueError naming ``name`` and the count when ``x`` holds NaN or infinity."""
-    if x.is_floating_point():
+    """ValueError naming ``name`` and the count when ``x`` holds NaN or infinity.
+
+    Skipped inside torch.func transforms, which cannot read values out of their tensors.
+    """
+    if x.is_floating_point() and inspectable(x):
         bad = (~torch.isfinite(x)).sum().item()
         if bad:
             raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")

@@ -38,3 +38,42 @@ def centered_gram(a, a_shift, b=None, b_shift=None) -> torch.Tensor:
     a, a_shift = _f64(a), _f64(a_shift)
     b, b_shift = (a, a_shift) if b is None else (_f64(b), _f64(b_shift))
     return (a - a_shift).T @ (b - b_shift)
+
+
+def gaussian_denoiser(x, sigma, mean, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:
+    """D(x; s) = mu + U diag(w) U^T (x - mu) + a (I - U U^T)(x - mu), row by row.
+
+    x: [B, d]; sigma: [B]; mean: [d]; eigvals: [r]; eigvecs: [d, r];
+    w_k = lam_k / (lam_k + s^2), a = lam_rest / (lam_rest + s^2), with 0/0 taken as 0.
+    """
+    x, sigma, mean, lam, u = _f64(x), _f64(sigma), _f64(mean), _f64(eigvals), _f64(eigvecs)
+    out = []
+    for xb, s in zip(x, sigma):
+        w = torch.tensor([lk / (lk + s**2) if lk + s**2 > 0 else 0.0 for lk in lam.tolist()], dtype=torch.float64)
+        a = lam_rest / (lam_rest + s**2) if lam_rest + s**2 > 0 else 0.0
+        outside = torch.eye(len(mean), dtype=torch.float64) - u @ u.T
+        out.append(mean + u @ torch.diag(w) @ u.T @ (xb - mean) + a * outside @ (xb - mean))
+    return torch.stack(out)
+
+
+def gaussian_jacobian(sigma: float, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:
+    """dD/dx = U diag(w) U^T + a (I - U U^T): [d, d]."""
+    lam, u = _f64(eigvals), _f64(eigvecs)
+    w = lam / (lam + sigma**2)
+    a = lam_rest / (lam_rest + sigma**2) if lam_rest + sigma**2 > 0 else 0.0
+    return u @ torch.diag(w) @ u.T + a * (torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T)
+
+
+def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """[n + 1]: (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho for i < n, then 0."""
+    levels = [(sigma_max ** (1 / rho) + (i / (n - 1) if n > 1 else 0.0) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+              for i in range(n)]
+    return torch.tensor(levels + [0.0], dtype=torch.float64)
+
+
+def gaussian_flow_endpoint(x_start, sigma_start: float, mean, eigvals, eigvecs) -> torch.Tensor:
+    """Probability-flow ODE from x_start at sigma_start down to sigma = 0, for N(mean, U diag(lam) U^T):
+    mean + sum_k sqrt(lam_k / (lam_k + sigma_start^2)) c_k u_k, c = U^T (x_start - mean)."""
+    x, mean, lam, u = _f64(x_start), _f64(mean), _f64(eigvals), _f64(eigvecs)
+    c = (x - mean) @ u
+    return mean + (c * torch.sqrt(lam / (lam + sigma_start**2))) @ u.T

@@ -1,0 +1,210 @@
+"""``GaussianDenoiser``: the optimal denoiser of N(mu, Sigma) as an nn.Module, with exact sampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _gaussian_torch as gt
+from ._arrays import as_float, as_tensor, flatten_batch
+from .gaussian_op import gaussian_denoise, normalize_sigma, validate_gaussian
+from .moments import Moments
+
+REMAINDERS = ("zero", "isotropic")
+
+
+def _truncate(eigvals: torch.Tensor, eigvecs: torch.Tensor, rank: int | None, remainder: str):
+    """Keep the top ``rank`` pairs; the remainder eigenvalue is 0 or the mean of the discarded ones.
+
+    Eigenvalues within eigh's rounding of zero (d * eps * lambda_max, float64) become exactly 0,
+    so a rank-deficient covariance maps its null space to mu at sigma = 0 whatever the rounding.
+    """
+    eigvals = eigvals.to(torch.float64).clone()
+    eigvals[eigvals <= eigvals.shape[0] * torch.finfo(torch.float64).eps * eigvals.max().clamp_min(0)] = 0.0
+    if remainder not in REMAINDERS:
+        raise ValueError(f"remainder: expected one of {', '.join(REMAINDERS)}, got {remainder!r}")
+    d, full = eigvecs.shape
+    r = full if rank is None else rank
+    if not (isinstance(r, int) and 1 <= r <= full):
+        raise ValueError(f"rank: expected an integer from 1 to {full}, got {rank!r}")
+    lam_rest = 0.0
+    if remainder == "isotropic" and r < d:
+        # Discarded directions include any beyond the given eigenpairs (their eigenvalue is 0).
+        lam_rest = float(eigvals[r:].clamp_min(0).sum()) / (d - r)
+    return eigvals[:r], eigvecs[:, :r], lam_rest
+
+
+class GaussianDenoiser(nn.Module):
+    """Optimal denoiser of a Gaussian N(mu, U diag(lambda) U^T): D(x; s) = mu + U diag(w) U^T (x - mu).
+
+    Follows the denoiser protocol: ``g(x, sigma)`` with x: [B, *feature_shape] and sigma a
+    float, a 0-d tensor, [B] values, or a [B, T] / [1, T] grid (then the result is
+    [T, B, *feature_shape], from one projection). Buffers (mean [d], eigvals [r],
+    eigvecs [d, r], lam_rest) move with ``.to()`` and save with ``state_dict``.
+
+    Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
+    ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
+    kernel mode); ``remainder="isotropic"`` gives the discarded directions the mean of the
+    discarded eigenvalues instead of mapping them to mu.
+
+    Example:
+        >>> import torch, fastgauss
+        >>> m = fastgauss.Moments().update(torch.randn(500, 1, 4, 4))
+        >>> g = fastgauss.GaussianDenoiser.from_moments(m, rank=8)
+        >>> g(torch.randn(3, 1, 4, 4), 0.5).shape
+        torch.Size([3, 1, 4, 4])
+    """
+
+    def __init__(self, mean, eigvals, eigvecs, *, feature_shape=None, lam_rest: float = 0.0,
+                 dtype: torch.dtype = torch.float32, eigvec_dtype: torch.dtype | None = None):
+        super().__init__()
+        mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
+                                  ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
+        validate_gaussian(mean.reshape(-1), eigvecs, eigvals)
+        if not (math.isfinite(lam_rest) and lam_rest >= 0):
+            raise ValueError(f"lam_rest: expected an eigenvalue >= 0, got {lam_rest!r}")
+        d = mean.numel()
+        self.feature_shape = tuple(feature_shape) if feature_shape is not None else tuple(mean.shape)
+        if math.prod(self.feature_shape) != d:
+            raise ValueError(f"feature_shape: {self.feature_shape} does not hold the {d} features of mean")
+        self.register_buffer("mean", mean.reshape(d).to(dtype))
+        self.register_buffer("eigvals", eigvals.clamp_min(0).to(dtype))
+        self.register_buffer("eigvecs", eigvecs.to(eigvec_dtype or dtype).contiguous())
+        self.register_buffer("lam_rest", torch.tensor(float(lam_rest), dtype=dtype))
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_moments(cls, moments: Moments, *, rank: int | None = None, remainder: str = "zero", ddof: int = 0,
+                     **kwargs) -> GaussianDenoiser:
+        """From streamed moments: mean and the top ``rank`` eigenpairs of the covariance."""
+        eigvals, eigvecs = moments.eigh(ddof=ddof)
+        eigvals, eigvecs, lam_rest = _truncate(eigvals, eigvecs, rank, remainder)
+        return cls(moments.mean, eigvals, eigvecs, feature_shape=moments.feature_shape, lam_rest=lam_rest,
+                   **kwargs)
+
+    @classmethod
+    def from_covariance(cls, mean, covariance, *, rank: int | None = None, remainder: str = "zero",
+                        **kwargs) -> GaussianDenoiser:
+        """From a mean [*feature_shape] and a covariance [d, d] (symmetric positive semi-definite)."""
+        mean = as_float(as_tensor(mean, "mean"))
+        cov = as_float(as_tensor(covariance, "covariance")).to(torch.float64)
+        d = mean.numel()
+        if cov.shape != (d, d):
+            raise ValueError(f"covariance: expected shape [{d}, {d}] for a mean of {d} features, got "
+                             f"{tuple(cov.shape)}")
+        eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)
+        eigvals, eigvecs, lam_rest = _truncate(eigvals.flip(0), eigvecs.flip(1), rank, remainder)
+        kwargs.setdefault("feature_shape", tuple(mean.shape))
+        return cls(mean, eigvals, eigvecs, lam_rest=lam_rest, **kwargs)
+
+    @property
+    def rank(self) -> int:
+        return self.eigvecs.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    # -------------------------------------------------------------- the denoiser
+    def forward(self, x, sigma, *, output: str = "denoised", precision: str | None = None) -> torch.Tensor:
+        """D(x; sigma): [B, *feature_shape] (or [T, B, ...] for a 2-D sigma)."""
+        x = self._check_input(x)
+        return gaussian_denoise(x, sigma, self.mean, self.eigvecs, self.eigvals, remainder=float(self.lam_rest),
+                                output=output, precision=precision)
+
+    def score(self, x, sigma, **kwargs) -> torch.Tensor:
+        """(D(x; sigma) - x) / sigma^2, sigma > 0."""
+        return self.forward(x, sigma, output="score", **kwargs)
+
+    def eps(self, x, sigma, **kwargs) -> torch.Tensor:
+        """(x - D(x; sigma)) / sigma, the noise prediction, sigma > 0."""
+        return self.forward(x, sigma, output="eps", **kwargs)
+
+    def weights(self, sigma) -> torch.Tensor:
+        """Shrinkage factors lambda_k / (lambda_k + sigma^2): [r] for a scalar sigma, else [*sigma.shape, r]."""
+        s = as_float(as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(sigma))
+        s = s.to(self.eigvals)
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError("sigma: must be finite and >= 0")
+        return gt.shrink(self.eigvals, s[..., None])
+
+    def jvp(self, x, sigma, v, *, precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x; sigma), J v) with J = dD/dx = U diag(w) U^T (+ the remainder), independent of x.
+
+        v: [B, *feature_shape] or [K, B, *feature_shape] (K probes). J v reuses the fused
+        kernel with a zero mean (J v = D_0(v) for the centred denoiser).
+        """
+        x = self._check_input(x)
+        v = as_float(as_tensor(v, "v")).to(x.device)
+        probes = v.dim() == x.dim() + 1
+        if v.shape[probes:] != x.shape:
+            raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
+                             f"got {tuple(v.shape)}")
+        denoised = self.forward(x, sigma, precision=precision)
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device)
+        if multi:
+            raise ValueError("sigma: jvp takes one level per sample (a float, 0-d or [B]), not a grid")
+        k = v.shape[0] if probes else 1
+        flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
+        jv = gaussian_denoise(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
+                              self.eigvals, remainder=float(self.lam_rest), precision=precision)
+        return denoised, jv.reshape(v.shape)
+
+    # ----------------------------------------------------------------- sampling
+    def sample(self, latents, sigmas, *, return_trajectory: bool = False):
+        """Exact probability-flow ODE solution from ``latents * sigmas[0]``, no ODE error.
+
+        latents: [B, *feature_shape] unit Gaussian noise; sigmas: [n + 1] decreasing, ending
+        in 0 (as ``edm_sigmas`` returns). With sigma_T = sigmas[0] and c = U^T (x_T - mu):
+        x_sigma = mu + U (sqrt((lambda + sigma^2) / (lambda + sigma_T^2)) c) + the part of
+        x_T - mu outside span(U) scaled by sqrt((lam_rest + sigma^2) / (lam_rest + sigma_T^2)).
+        Returns the final samples [B, ...]; with ``return_trajectory`` also a dict with
+        "x" [n + 1, B, ...] (x at every sigma) and "denoised" [n + 1, B, ...] (D(x_sigma; sigma)).
+        """
+        latents = self._check_input(latents)
+        sig = as_float(as_tensor(sigmas, "sigmas")).to(device=latents.device, dtype=torch.float64).reshape(-1)
+        if sig.numel() < 1 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
+            raise ValueError("sigmas: expected finite values >= 0 starting with sigma_max > 0")
+        dtype = torch.promote_types(latents.dtype, self.eigvecs.dtype)
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        u, lam, mu = self.eigvecs.to(dtype), self.eigvals.to(torch.float64), self.mean.to(dtype)
+        lam_rest = self.lam_rest.to(torch.float64)
+        x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0]) + mu
+        coeffs = (x_t - mu) @ u  # [B, r]: the one projection
+        outside = (x_t - mu) - coeffs @ u.T
+        levels = sig if return_trajectory else sig[-1:]
+        scale = torch.sqrt((lam + levels[:, None] ** 2) / (lam + sig[0] ** 2)).to(dtype)  # [L, r]
+        scale_rest = torch.sqrt((lam_rest + levels**2) / (lam_rest + sig[0] ** 2)).to(dtype)  # [L]
+        if return_trajectory:
+            shrink = gt.shrink(lam, levels[:, None]).to(dtype)  # D at each level
+            shrink_rest = gt.shrink(lam_rest, levels).to(dtype)
+            both = torch.cat([scale, scale * shrink])  # [2L, r]: x and D from one reconstruction
+            recon = (coeffs[None] * both[:, None]) @ u.T
+            rest = torch.cat([scale_rest, scale_rest * shrink_rest])[:, None, None] * outside
+            xs, ds = (mu + recon + rest).split(levels.numel())
+            shape = (levels.numel(), *latents.shape)
+            xs, ds = xs.reshape(shape).to(latents.dtype), ds.reshape(shape).to(latents.dtype)
+            return xs[-1], {"x": xs, "denoised": ds, "sigma": sig}
+        final = mu + (coeffs * scale[0]) @ u.T + scale_rest[0] * outside
+        return final.reshape(latents.shape).to(latents.dtype)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x) -> torch.Tensor:
+        x = as_float(as_tensor(x, "x"))
+        d = math.prod(x.shape[1:]) if x.dim() >= 2 else None
+        if x.dim() < 2 or d != self.dim:
+            raise ValueError(f"x: expected [B, *feature_shape] with {self.dim} features (feature shape "
+                             f"{self.feature_shape}), got shape {tuple(x.shape)}")
+        return x.to(self.mean.device)
+
+    def get_extra_state(self):
+        return {"feature_shape": self.feature_shape}
+
+    def set_extra_state(self, state):
+        self.feature_shape = tuple(state["feature_shape"])
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, rank={self.rank}, feature_shape={self.feature_shape}, "
+                f"lam_rest={float(self.lam_rest):.4g}, eigvec_dtype={self.eigvecs.dtype}")

@@ -1,0 +1,105 @@
+"""EDM noise schedule and deterministic / stochastic samplers for any denoiser.
+
+A denoiser follows the protocol ``denoiser(x, sigma) -> D`` with x: [B, *feature_shape];
+the samplers call it with sigma as a [B] tensor (one level for every sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from ._arrays import as_float, as_tensor
+
+
+def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
+               device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Karras et al. (2022) schedule: [n + 1] levels, sigma_max down to sigma_min, then 0.
+
+    sigma_i = (smax^(1/rho) + i / (n - 1) (smin^(1/rho) - smax^(1/rho)))^rho for i < n.
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n: expected a number of steps >= 1, got {n!r}")
+    if not (0 < sigma_min <= sigma_max and math.isfinite(sigma_max)) or rho <= 0:
+        raise ValueError(f"expected 0 < sigma_min <= sigma_max < inf and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
+    i = torch.arange(n, dtype=torch.float64)
+    frac = i / (n - 1) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    levels = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)]).to(device=device, dtype=dtype)
+
+
+def _check_schedule(latents, sigmas):
+    latents = as_float(as_tensor(latents, "latents"))
+    sig = as_float(as_tensor(sigmas, "sigmas")).reshape(-1).to(torch.float64).cpu()
+    if sig.numel() < 2 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
+        raise ValueError("sigmas: expected at least 2 finite levels >= 0, starting above 0 (edm_sigmas(n))")
+    if (sig[1:] > sig[:-1]).any():
+        raise ValueError("sigmas: must not increase")
+    return latents, sig.tolist()
+
+
+def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    out = denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+    if out.shape != x.shape:
+        raise ValueError(f"denoiser: returned shape {tuple(out.shape)} for input {tuple(x.shape)} at sigma={sigma:g}")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"denoiser: returned non-finite values at sigma={sigma:g}")
+    return out
+
+
+def sample_euler(denoiser, latents, sigmas, *, return_trajectory: bool = False, progress: bool = False):
+    """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
+
+    latents: [B, *feature_shape] unit Gaussian noise; sampling starts at latents * sigmas[0].
+    sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples, or
+    (samples, {"x": [n + 1, B, ...], "denoised": [n, B, ...], "sigma": [n + 1]}).
+    """
+    latents, sig = _check_schedule(latents, sigmas)
+    x = latents * sig[0]
+    xs, ds = [x], []
+    for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="euler", disable=not progress):
+        denoised = _call(denoiser, x, t_cur)
+        x = x + (t_next - t_cur) * (x - denoised) / t_cur
+        if return_trajectory:
+            xs.append(x)
+            ds.append(denoised)
+    if return_trajectory:
+        return x, {"x": torch.stack(xs), "denoised": torch.stack(ds), "sigma": torch.tensor(sig)}
+    return x
+
+
+def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float = 0.0,
+                S_max: float = float("inf"), S_noise: float = 1.0, generator: torch.Generator | None = None,
+                return_trajectory: bool = False, progress: bool = False):
+    """EDM's second-order sampler (Karras et al. 2022, Algorithm 2): 2n - 1 denoiser calls.
+
+    Heun's trapezoidal correction wherever the next level is above 0; optional churn adds
+    noise with gamma = min(S_churn / n, sqrt(2) - 1) for levels in [S_min, S_max].
+    Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
+    first evaluation).
+    """
+    latents, sig = _check_schedule(latents, sigmas)
+    n = len(sig) - 1
+    x = latents * sig[0]
+    xs, ds = [x], []
+    for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="heun", disable=not progress):
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
+        t_hat = t_cur + gamma * t_cur
+        if gamma > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise
+        denoised = _call(denoiser, x, t_hat)
+        slope = (x - denoised) / t_hat
+        x_next = x + (t_next - t_hat) * slope
+        if t_next > 0:
+            slope_next = (x_next - _call(denoiser, x_next, t_next)) / t_next
+            x_next = x + (t_next - t_hat) * (slope + slope_next) / 2
+        x = x_next
+        if return_trajectory:
+            xs.append(x)
+            ds.append(denoised)
+    if return_trajectory:
+        return x, {"x": torch.stack(xs), "denoised": torch.stack(ds), "sigma": torch.tensor(sig)}
+    return x

@@ -1,0 +1,271 @@
+"""GaussianDenoiser and gaussian_denoise against the float64 formula, on both backends."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastgauss
+from fastgauss import reference as ref
+from helpers import rel_err
+
+ODD_DIMS = [1, 7, 63, 129]
+#: Relative error of the fp32 product paths against float64.
+FP32_TOL = 2e-5
+
+
+def random_gaussian(d: int, kind: str, g: torch.Generator):
+    """(mean [d], covariance [d, d]) in float64: full rank, rank-deficient (N < d samples), or spiky."""
+    mean = torch.randn(d, generator=g, dtype=torch.float64)
+    if kind == "deficient":
+        samples = torch.randn(max(1, d // 3), d, generator=g, dtype=torch.float64)
+        cov = samples.T @ samples / samples.shape[0]
+    else:
+        a = torch.randn(d, d, generator=g, dtype=torch.float64)
+        cov = a @ a.T / d + 1e-3 * torch.eye(d, dtype=torch.float64)
+    return mean, cov
+
+
+def eig_desc(cov):
+    """Descending eigenpairs; eigenvalues at rounding level (a rank-deficient covariance) are 0."""
+    vals, vecs = torch.linalg.eigh(cov)
+    vals = vals.flip(0)
+    vals[vals < 1e-10 * vals.max()] = 0.0
+    return vals, vecs.flip(1)
+
+
+def sigmas_for(batch: int, g: torch.Generator) -> torch.Tensor:
+    s = torch.exp(torch.empty(batch, dtype=torch.float64).uniform_(-6, 4.4, generator=g))
+    s[0] = 0.0  # sigma = 0 is valid
+    if batch > 1:
+        s[1] = 80.0
+    return s
+
+
+@given(d=st.sampled_from(ODD_DIMS), batch=st.integers(1, 40), kind=st.sampled_from(["full", "deficient"]),
+       truncate=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_module_matches_eigh_formula(backend, d, batch, kind, truncate, seed):
+    g = torch.Generator().manual_seed(seed)
+    mean, cov = random_gaussian(d, kind, g)
+    rank = max(1, d // 2) if truncate else None
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank)
+    vals, vecs = eig_desc(cov)
+    r = rank or d
+    x = (mean + torch.randn(batch, d, generator=g, dtype=torch.float64) * 2).float()
+    s = sigmas_for(batch, g)
+    got = den(x, s.float())
+    expected = ref.gaussian_denoiser(x, s, mean, vals[:r], vecs[:, :r])
+    assert rel_err(got, expected) < FP32_TOL
+
+
+@pytest.mark.parametrize("remainder", ["zero", "isotropic"])
+def test_truncated_rank_remainder(backend, remainder):
+    g = torch.Generator().manual_seed(5)
+    mean, cov = random_gaussian(40, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=9, remainder=remainder)
+    vals, vecs = eig_desc(cov)
+    lam_rest = vals[9:].mean().item() if remainder == "isotropic" else 0.0
+    assert float(den.lam_rest) == pytest.approx(lam_rest, rel=1e-6)
+    x, s = torch.randn(13, 40, generator=g), torch.rand(13, generator=g) * 3
+    expected = ref.gaussian_denoiser(x, s, mean, vals[:9], vecs[:, :9], lam_rest)
+    assert rel_err(den(x, s), expected) < FP32_TOL
+
+
+def test_float64_module_is_exact_to_rounding():
+    g = torch.Generator().manual_seed(2)
+    mean, cov = random_gaussian(30, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, dtype=torch.float64)
+    x, s = torch.randn(9, 30, generator=g, dtype=torch.float64), torch.rand(9, generator=g, dtype=torch.float64)
+    vals, vecs = eig_desc(cov)
+    assert rel_err(den(x, s), ref.gaussian_denoiser(x, s, mean, vals, vecs)) < 1e-12
+    # and it is the Wiener filter Sigma (Sigma + s^2 I)^-1 written densely
+    dense = torch.stack([mean + cov @ torch.linalg.solve(cov + sb**2 * torch.eye(30, dtype=torch.float64), xb - mean)
+                         for xb, sb in zip(x, s)])
+    assert rel_err(den(x, s), dense) < 1e-10
+
+
+@pytest.mark.parametrize("precision,tol", [("ieee", FP32_TOL), ("tf32", FP32_TOL), ("bf16", 2e-2)])
+def test_precision_modes(backend, precision, tol):
+    g = torch.Generator().manual_seed(4)
+    mean, cov = random_gaussian(65, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov)
+    x, s = torch.randn(17, 65, generator=g), torch.rand(17, generator=g) + 0.1
+    vals, vecs = eig_desc(cov)
+    # interpreter and PyTorch compute exact products in "tf32"; bf16 rounds the operands
+    assert rel_err(den(x, s, precision=precision), ref.gaussian_denoiser(x, s, mean, vals, vecs)) < tol
+
+
+def test_bf16_eigenvectors_halve_memory_and_select_bf16(backend):
+    g = torch.Generator().manual_seed(8)
+    mean, cov = random_gaussian(33, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, eigvec_dtype=torch.bfloat16)
+    assert den.eigvecs.dtype == torch.bfloat16
+    x, s = torch.randn(5, 33, generator=g), torch.full((5,), 0.4)
+    vals, vecs = eig_desc(cov)
+    assert rel_err(den(x, s), ref.gaussian_denoiser(x, s, mean, vals, vecs)) < 2e-2
+
+
+@pytest.mark.parametrize("grid_kind", ["per-row", "shared"])
+def test_multi_level_equals_separate_calls(backend, grid_kind):
+    g = torch.Generator().manual_seed(6)
+    mean, cov = random_gaussian(21, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=15, remainder="isotropic")
+    x = torch.randn(11, 3, 7, generator=g)
+    den.feature_shape = (3, 7)
+    grid = torch.rand(11, 4, generator=g) * 5 if grid_kind == "per-row" else torch.tensor([[0.0, 0.1, 1.0, 80.0]])
+    out = den(x, grid)
+    assert out.shape == (4, 11, 3, 7)
+    for t in range(4):
+        sigma_t = grid[:, t] if grid_kind == "per-row" else grid[0, t].item()
+        assert torch.allclose(out[t], den(x, sigma_t), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("output", ["score", "eps"])
+def test_score_and_eps_without_a_second_pass(backend, output):
+    g = torch.Generator().manual_seed(7)
+    mean, cov = random_gaussian(24, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov)
+    x, s = torch.randn(6, 24, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64) + 0.2
+    vals, vecs = eig_desc(cov)
+    moved = ref.gaussian_denoiser(x, s, mean, vals, vecs) - x
+    expected = moved / s[:, None] ** 2 if output == "score" else -moved / s[:, None]
+    got = den.score(x.float(), s.float()) if output == "score" else den.eps(x.float(), s.float())
+    assert rel_err(got, expected) < FP32_TOL
+    with pytest.raises(ValueError, match="must be > 0"):
+        den.score(x.float(), torch.zeros(6))
+
+
+def test_sigma_zero_maps_flat_directions_to_the_mean(backend):
+    u = torch.eye(4)[:, :2]  # directions 0, 1 have variance; 2, 3 none
+    den = fastgauss.GaussianDenoiser(torch.zeros(4), torch.tensor([2.0, 0.0]), u)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert torch.equal(den(x, 0.0), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_every_output_element_is_written_by_the_kernels():
+    from fastgauss.kernels import gaussian as kernel
+
+    g = torch.Generator().manual_seed(1)
+    x, mean = torch.randn(67, 70, generator=g), torch.randn(70, generator=g)
+    u = torch.linalg.qr(torch.randn(70, 33, generator=g))[0]
+    lam, sigma = torch.rand(33, generator=g), torch.rand(67, 3, generator=g)
+    out = torch.full((3, 67, 70), float("nan"))
+    kernel._denoise_rows(x, mean, u.contiguous(), lam, sigma, torch.zeros(1), out, output="denoised",
+                         precision="ieee")
+    for t in range(3):
+        assert rel_err(out[t], ref.gaussian_denoiser(x, sigma[:, t], mean, lam, u)) < FP32_TOL
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def _small_gaussian(dtype=torch.float64):
+    g = torch.Generator().manual_seed(11)
+    mean, cov = random_gaussian(9, "full", g)
+    return fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=6, remainder="isotropic", dtype=dtype), g
+
+
+@pytest.mark.parametrize("output", ["denoised", "score", "eps"])
+def test_gradcheck_in_x_and_sigma_backward_and_forward_mode(output):
+    den, g = _small_gaussian()
+    x = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    s = (torch.rand(4, 2, generator=g, dtype=torch.float64) + 0.3).requires_grad_()
+
+    def f(x, s):
+        return fastgauss.gaussian_denoise(x, s, den.mean, den.eigvecs, den.eigvals, remainder=float(den.lam_rest),
+                                          output=output)
+
+    assert torch.autograd.gradcheck(f, (x, s), check_forward_ad=True)
+
+
+def test_gradients_on_the_kernel_path_match_the_float64_jacobian(backend):
+    den, g = _small_gaussian(torch.float32)
+    x = torch.randn(5, 9, generator=g, requires_grad=True)
+    cotangent = torch.randn(5, 9, generator=g)
+    (grad,) = torch.autograd.grad(den(x, 0.7), x, cotangent)
+    jac = ref.gaussian_jacobian(0.7, den.eigvals, den.eigvecs, float(den.lam_rest))
+    assert rel_err(grad, cotangent.double() @ jac) < FP32_TOL  # J is symmetric
+    s = torch.full((5,), 0.7, requires_grad=True)
+    (grad_s,) = torch.autograd.grad(den(x.detach(), s).sum(), s)
+    h = 1e-3
+    fd = (den(x.detach().double(), 0.7 + h).double() - den(x.detach().double(), 0.7 - h).double()).sum(1) / (2 * h)
+    assert rel_err(grad_s, fd) < 1e-3
+
+
+def test_torch_func_jvp_is_exact_and_never_silently_zero(backend):
+    den, g = _small_gaussian(torch.float32)
+    x, v = torch.randn(3, 9, generator=g), torch.randn(3, 9, generator=g)
+    out, tangent = torch.func.jvp(lambda t: den(t, 0.5), (x,), (v,))
+    jac = ref.gaussian_jacobian(0.5, den.eigvals, den.eigvecs, float(den.lam_rest))
+    assert tangent.abs().sum() > 0
+    assert rel_err(tangent, v.double() @ jac) < FP32_TOL
+    assert rel_err(out, den(x, 0.5)) < 1e-7
+
+
+def test_vmap_and_jacrev(backend):
+    den, g = _small_gaussian(torch.float32)
+    xs = torch.randn(4, 2, 9, generator=g)
+    batched = torch.func.vmap(lambda t: den(t, torch.tensor([0.3, 1.5])))(xs)
+    looped = torch.stack([den(t, torch.tensor([0.3, 1.5])) for t in xs])
+    assert torch.allclose(batched, looped, atol=1e-6)
+    jac = torch.func.jacrev(lambda t: den(t, 0.9))(xs[0, :1])  # [1, 9, 1, 9]
+    expected = ref.gaussian_jacobian(0.9, den.eigvals, den.eigvecs, float(den.lam_rest))
+    assert rel_err(jac[0, :, 0, :], expected) < FP32_TOL
+
+
+def test_runs_inside_torch_compile():
+    den, g = _small_gaussian(torch.float32)
+    x = torch.randn(3, 9, generator=g)
+    compiled = torch.compile(lambda t: den(t, 0.4) * 2, backend="eager")
+    assert torch.allclose(compiled(x), den(x, 0.4) * 2)
+
+
+def test_module_jvp_with_probes(backend):
+    den, g = _small_gaussian(torch.float32)
+    x, v = torch.randn(3, 9, generator=g), torch.randn(16, 3, 9, generator=g)
+    denoised, jv = den.jvp(x, 0.6, v)
+    jac = ref.gaussian_jacobian(0.6, den.eigvals, den.eigvecs, float(den.lam_rest))
+    assert jv.shape == v.shape and rel_err(denoised, den(x, 0.6)) < 1e-7
+    assert rel_err(jv, v.double() @ jac) < FP32_TOL
+    assert den.weights(0.6).shape == (6,)
+    assert torch.allclose(den.weights(torch.tensor([0.0, 1.0])),
+                          den.eigvals / (den.eigvals + torch.tensor([[0.0], [1.0]])))
+
+
+# ---------------------------------------------------------------- module plumbing and bad input
+
+
+def test_from_moments_state_dict_and_to():
+    x = torch.randn(300, 2, 3, 3) * torch.linspace(0.1, 2, 18).reshape(2, 3, 3) + 1
+    m = fastgauss.Moments().update(x)
+    den = fastgauss.GaussianDenoiser.from_moments(m, rank=10, remainder="isotropic")
+    assert den.feature_shape == (2, 3, 3) and den.rank == 10
+    copy = fastgauss.GaussianDenoiser(torch.zeros(18), torch.ones(10), torch.eye(18)[:, :10])
+    copy.load_state_dict(den.state_dict())
+    assert copy.feature_shape == (2, 3, 3)
+    probe = torch.randn(4, 2, 3, 3)
+    assert torch.equal(copy(probe, 0.3), den(probe, 0.3))
+    assert den.to(torch.float64).mean.dtype == torch.float64
+    assert fastgauss.GaussianDenoiser.from_moments(m)(np.ones((2, 2, 3, 3), dtype=np.float32), 0.1).shape == (2, 2, 3, 3)
+
+
+def test_bad_input_is_rejected_with_clear_messages():
+    den = fastgauss.GaussianDenoiser(torch.zeros(6), torch.ones(3), torch.eye(6)[:, :3])
+    x = torch.randn(2, 6)
+    with pytest.raises(ValueError, match=">= 0"):
+        den(x, -0.1)
+    with pytest.raises(ValueError, match="finite"):
+        den(x, float("nan"))
+    with pytest.raises(ValueError, match=r"6 features.*\(2, 7\)"):
+        den(torch.randn(2, 7), 0.1)
+    with pytest.raises(ValueError, match="sigma"):
+        den(x, torch.ones(3))
+    with pytest.raises(ValueError, match="negative eigenvalue"):
+        fastgauss.GaussianDenoiser(torch.zeros(6), torch.tensor([1.0, -0.5, 0.1]), torch.eye(6)[:, :3])
+    with pytest.raises(ValueError, match="mean: has 5 features but x has 6"):
+        fastgauss.gaussian_denoise(x, 0.1, torch.zeros(5), torch.eye(6)[:, :3], torch.ones(3))
+    with pytest.raises(ValueError, match="rank"):
+        fastgauss.GaussianDenoiser.from_covariance(torch.zeros(3), torch.eye(3), rank=4)
+    with pytest.raises(ValueError, match="covariance"):
+        fastgauss.GaussianDenoiser.from_covariance(torch.zeros(3), torch.eye(4))
