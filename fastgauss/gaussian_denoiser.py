@@ -171,7 +171,7 @@ class GaussianDenoiser(nn.Module):
         dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         u, lam, mu = self.eigvecs.to(dtype), self.eigvals.to(torch.float64), self.mean.to(dtype)
         lam_rest = self.lam_rest.to(torch.float64)
-        x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0]) + mu
+        x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0])  # EDM: start at latents * sigma_max
         coeffs = (x_t - mu) @ u  # [B, r]: the one projection
         outside = (x_t - mu) - coeffs @ u.T
         levels = sig if return_trajectory else sig[-1:]
