@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from . import _gaussian_torch as gt
-from ._arrays import as_float, as_tensor, flatten_batch
+from ._arrays import as_float, as_tensor, flatten_batch, inspectable
 from .gaussian_op import gaussian_denoise, normalize_sigma, validate_gaussian
 from .moments import Moments
 
@@ -58,8 +59,11 @@ class GaussianDenoiser(nn.Module):
     """
 
     def __init__(self, mean, eigvals, eigvecs, *, feature_shape=None, lam_rest: float = 0.0,
-                 dtype: torch.dtype = torch.float32, eigvec_dtype: torch.dtype | None = None):
+                 dtype: torch.dtype = torch.float32, eigvec_dtype: torch.dtype | None = None,
+                 operator_cache_bytes: int = 1 << 30):
         super().__init__()
+        self.operator_cache_bytes = operator_cache_bytes
+        self._operators: OrderedDict = OrderedDict()
         mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
                                   ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
         validate_gaussian(mean.reshape(-1), eigvecs, eigvals)
@@ -109,8 +113,17 @@ class GaussianDenoiser(nn.Module):
 
     # -------------------------------------------------------------- the denoiser
     def forward(self, x, sigma, *, output: str = "denoised", precision: str | None = None) -> torch.Tensor:
-        """D(x; sigma): [B, *feature_shape] (or [T, B, ...] for a 2-D sigma)."""
+        """D(x; sigma): [B, *feature_shape] (or [T, B, ...] for a 2-D sigma).
+
+        A batch that shares one sigma may take the operator route: one cached d x d matrix
+        W = U diag(w - a) U^T per sigma, one product instead of two. It is chosen when it does
+        fewer flops (2 B d^2, plus 2 d^2 r to build W once, against 4 B d r: r > d / 2 once
+        cached) and W fits in ``operator_cache_bytes`` (0 turns the route off).
+        """
         x = self._check_input(x)
+        level = self._shared_level(x, sigma)
+        if level is not None and self._operator_pays(x.shape[0], level, precision):
+            return self._operator_route(x, level, output, precision)
         return gaussian_denoise(x, sigma, self.mean, self.eigvecs, self.eigvals, remainder=float(self.lam_rest),
                                 output=output, precision=precision)
 
@@ -190,6 +203,64 @@ class GaussianDenoiser(nn.Module):
         final = mu + (coeffs * scale[0]) @ u.T + scale_rest[0] * outside
         return final.reshape(latents.shape).to(latents.dtype)
 
+    # ----------------------------------------------------------- operator route
+    def _shared_level(self, x: torch.Tensor, sigma) -> float | None:
+        """The one sigma of the whole batch, when there is one and no gradient flows to it."""
+        if isinstance(sigma, torch.Tensor) and (sigma.requires_grad or not inspectable(sigma)):
+            return None
+        if not inspectable(x):
+            return None
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device)  # validates
+        if multi or grid.numel() == 0 or not bool((grid == grid[0, 0]).all()):
+            return None
+        return float(grid[0, 0])
+
+    def _operator_key(self, level: float, precision: str | None):
+        versions = tuple((t.data_ptr(), t._version) for t in (self.eigvecs, self.eigvals, self.lam_rest))
+        return level, precision, self.eigvecs.dtype, str(self.eigvecs.device), versions
+
+    def _operator_pays(self, batch: int, level: float, precision: str | None) -> bool:
+        d, r = self.dim, self.rank
+        if 4 * d * d > self.operator_cache_bytes:
+            return False
+        build = 0 if self._operator_key(level, precision) in self._operators else 2 * d * d * r
+        return 2 * batch * d * d + build < 4 * batch * d * r
+
+    def _operator(self, level: float, precision: str | None) -> torch.Tensor:
+        key = self._operator_key(level, precision)
+        if key in self._operators:
+            self._operators.move_to_end(key)
+            return self._operators[key]
+        u = self.eigvecs.to(torch.float64)
+        base = gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64))
+        weight = gt.shrink(self.eigvals.to(torch.float64), torch.tensor(level, dtype=torch.float64)) - base
+        dtype = torch.bfloat16 if (precision == "bf16" or self.eigvecs.dtype == torch.bfloat16) else self.mean.dtype
+        operator = ((u * weight) @ u.T).to(dtype)
+        self._operators[key] = operator
+        while sum(w.numel() * w.element_size() for w in self._operators.values()) > self.operator_cache_bytes:
+            self._operators.popitem(last=False)
+        return operator
+
+    def _operator_route(self, x: torch.Tensor, level: float, output: str, precision: str | None) -> torch.Tensor:
+        if output not in gt.OUTPUTS:
+            raise ValueError(f"output: expected one of {', '.join(gt.OUTPUTS)}, got {output!r}")
+        if output != "denoised" and level == 0:
+            raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
+        operator = self._operator(level, precision)
+        flat = flatten_batch(x, "x")
+        centred = flat.to(self.mean.dtype) - self.mean
+        base = float(gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64)))
+        tf32 = precision == "tf32"
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            product = (centred.to(operator.dtype) @ operator).to(centred.dtype)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        moved = (base - 1) * centred + product
+        out = gt.moved_to_output(moved, flat.to(moved.dtype), torch.tensor(level, dtype=moved.dtype), output)
+        return out.reshape(x.shape).to(x.dtype)
+
     # ------------------------------------------------------------------ helpers
     def _check_input(self, x) -> torch.Tensor:
         x = as_float(as_tensor(x, "x"))
@@ -198,6 +269,10 @@ class GaussianDenoiser(nn.Module):
             raise ValueError(f"x: expected [B, *feature_shape] with {self.dim} features (feature shape "
                              f"{self.feature_shape}), got shape {tuple(x.shape)}")
         return x.to(self.mean.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._operators.clear()  # cached operators belong to the old device / dtype
+        return super()._apply(fn, *args, **kwargs)
 
     def get_extra_state(self):
         return {"feature_shape": self.feature_shape}

@@ -269,3 +269,45 @@ def test_bad_input_is_rejected_with_clear_messages():
         fastgauss.GaussianDenoiser.from_covariance(torch.zeros(3), torch.eye(3), rank=4)
     with pytest.raises(ValueError, match="covariance"):
         fastgauss.GaussianDenoiser.from_covariance(torch.zeros(3), torch.eye(4))
+
+
+# ---------------------------------------------------------------- operator route (shared sigma)
+
+
+@pytest.mark.parametrize("output", ["denoised", "score", "eps"])
+def test_shared_sigma_operator_route_matches_the_formula(output):
+    g = torch.Generator().manual_seed(12)
+    mean, cov = random_gaussian(40, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, remainder="isotropic")
+    vals, vecs = eig_desc(cov)
+    x = torch.randn(64, 40, generator=g)
+    assert den._operator_pays(64, 0.3, None)  # r > d / 2 and a large batch: one product is cheaper
+    got = den(x, 0.3, output=output)
+    assert len(den._operators) == 1
+    den(x, torch.full((64,), 0.3), output=output)  # same level: reuses the cached operator
+    assert len(den._operators) == 1
+    moved = ref.gaussian_denoiser(x, torch.full((64,), 0.3), mean, vals[:30], vecs[:, :30], vals[30:].mean().item()) - x
+    expected = {"denoised": x + moved, "score": moved / 0.09, "eps": -moved / 0.3}[output]
+    assert rel_err(got, expected) < FP32_TOL
+    factored = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, remainder="isotropic",
+                                                         operator_cache_bytes=0)
+    assert not factored._operator_pays(64, 0.3, None)
+    assert rel_err(got, factored(x, 0.3, output=output)) < FP32_TOL
+
+
+def test_operator_route_is_skipped_when_sigma_needs_a_gradient_and_cleared_on_to():
+    g = torch.Generator().manual_seed(13)
+    mean, cov = random_gaussian(20, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov)
+    x = torch.randn(50, 20, generator=g, requires_grad=True)
+    s = torch.full((50,), 0.5, requires_grad=True)
+    out = den(x, s)
+    assert len(den._operators) == 0
+    (grad_s,) = torch.autograd.grad(out.sum(), s)
+    assert grad_s.abs().sum() > 0
+    (grad_x,) = torch.autograd.grad(den(x, 0.5).sum(), x)  # operator route, differentiable in x
+    assert len(den._operators) == 1
+    jac = ref.gaussian_jacobian(0.5, den.eigvals, den.eigvecs)
+    assert rel_err(grad_x, torch.ones(50, 20, dtype=torch.float64) @ jac) < FP32_TOL
+    den.to(torch.float64)
+    assert len(den._operators) == 0
