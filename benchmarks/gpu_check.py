@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     import torch
 
     from gpu_check_lib import Report, measure_peaks
+    from gpu_check_gaussian import check_gaussian, time_gaussian
     from gpu_check_moments import check_moments, time_moments
 
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -83,8 +84,10 @@ def main(argv=None) -> int:
     if not args.smoke:
         report.meta["peaks"] = measure_peaks(device)
     check_moments(report, device, smoke=args.smoke)
+    check_gaussian(report, device, smoke=args.smoke)
     if not args.smoke:
         time_moments(report, device)
+        time_gaussian(report, device)
     args.out.mkdir(parents=True, exist_ok=True)
     table = report.table()
     (args.out / "results.json").write_text(json.dumps(report.as_dict(), indent=2))

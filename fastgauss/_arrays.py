@@ -57,6 +57,9 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     Skipped inside torch.func transforms, which cannot read values out of their tensors.
     """
     if x.is_floating_point() and inspectable(x):
-        bad = (~torch.isfinite(x)).sum().item()
-        if bad:
-            raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")
+        # One reduction, no mask: the sum is finite unless an element is not (or the values
+        # are so large that they overflow when added, which the count below tells apart).
+        if not torch.isfinite(x.sum()).item():
+            bad = (~torch.isfinite(x)).sum().item()
+            if bad:
+                raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")

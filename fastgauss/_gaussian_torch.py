@@ -57,20 +57,34 @@ def moved_to_output(moved: torch.Tensor, x: torch.Tensor, sigma_tb: torch.Tensor
 
 
 def denoise(x, sigma, mean, eigvecs, lam, lam_rest, output: str) -> torch.Tensor:
-    """Chunked over rows; returns [T, B, d] in the dtype of the computation."""
+    """Chunked over rows; returns [T, B, d] in the dtype of the computation.
+
+    Per level one fused product: out_t = bias_t + (C * (w_t - a_t)) @ U^T (torch.addmm), where
+    C = (x - mu) U is computed once for all levels and bias_t is mu + a_t (x - mu) for D, or
+    (a_t - 1)(x - mu) for the score and eps, which are then scaled in place.
+    """
     n, d = x.shape
     levels = sigma.shape[1]
     r = eigvecs.shape[1]
-    per_row = x.element_size() * (levels * (d + 2 * r) + d + r)
+    per_row = x.element_size() * (levels * r + 2 * d + 2 * r)
     rows = max(1, _MEMORY_BUDGET_BYTES // per_row)
     out = torch.empty((levels, n, d), dtype=x.dtype, device=x.device)
+    has_rest = bool(lam_rest != 0)
     for start in range(0, n, rows):
-        xs, ss = x[start:start + rows], sigma[start:start + rows]
-        centred = xs - mean
-        weight, base = level_weights(ss, lam, lam_rest)
-        coeffs = (centred @ eigvecs)[:, None, :] * weight  # [b, T, r]
-        moved = (base - 1).transpose(0, 1) * centred + coeffs.transpose(0, 1) @ eigvecs.T  # [T, b, d]
-        out[:, start:start + rows] = moved_to_output(moved, xs, ss.T[..., None], output)
+        stop = min(n, start + rows)
+        centred = x[start:stop] - mean
+        coeffs = centred @ eigvecs
+        weight, base = level_weights(sigma[start:stop], lam, lam_rest)  # [b, T, r], [b, T, 1]
+        for t in range(levels):
+            if output == "denoised":
+                bias = mean + base[:, t] * centred if has_rest else mean
+            else:
+                bias = (base[:, t] - 1) * centred
+            target = out[t, start:stop]
+            torch.addmm(bias, coeffs * weight[:, t], eigvecs.T, out=target)
+            if output != "denoised":
+                s_t = sigma[start:stop, t:t + 1]
+                target.div_(s_t * s_t) if output == "score" else target.div_(-s_t)
     return out
 
 

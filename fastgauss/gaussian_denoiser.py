@@ -10,7 +10,7 @@ from torch import nn
 
 from . import _gaussian_torch as gt
 from ._arrays import as_float, as_tensor, flatten_batch, inspectable
-from .gaussian_op import gaussian_denoise, normalize_sigma, validate_gaussian
+from .gaussian_op import denoise_validated, normalize_sigma, validate_gaussian
 from .moments import Moments
 
 REMAINDERS = ("zero", "isotropic")
@@ -121,11 +121,13 @@ class GaussianDenoiser(nn.Module):
         cached) and W fits in ``operator_cache_bytes`` (0 turns the route off).
         """
         x = self._check_input(x)
-        level = self._shared_level(x, sigma)
+        # Once cached, the operator route does 2 B d^2 flops against 4 B d r: only r > d / 2 can win.
+        possible = 2 * self.rank > self.dim and 4 * self.dim**2 <= self.operator_cache_bytes
+        level = self._shared_level(x, sigma) if possible else None
         if level is not None and self._operator_pays(x.shape[0], level, precision):
             return self._operator_route(x, level, output, precision)
-        return gaussian_denoise(x, sigma, self.mean, self.eigvecs, self.eigvals, remainder=float(self.lam_rest),
-                                output=output, precision=precision)
+        return denoise_validated(x, sigma, self.mean, self.eigvecs, self.eigvals, self.lam_rest, output=output,
+                                 precision=precision)
 
     def score(self, x, sigma, **kwargs) -> torch.Tensor:
         """(D(x; sigma) - x) / sigma^2, sigma > 0."""
@@ -161,8 +163,8 @@ class GaussianDenoiser(nn.Module):
             raise ValueError("sigma: jvp takes one level per sample (a float, 0-d or [B]), not a grid")
         k = v.shape[0] if probes else 1
         flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
-        jv = gaussian_denoise(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
-                              self.eigvals, remainder=float(self.lam_rest), precision=precision)
+        jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
+                               self.eigvals, self.lam_rest, precision=precision)
         return denoised, jv.reshape(v.shape)
 
     # ----------------------------------------------------------------- sampling

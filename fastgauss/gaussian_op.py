@@ -106,6 +106,17 @@ def _moved(result, x, output, sigma):
     return result * s_tb**2 if output == "score" else -result * s_tb
 
 
+def _needs_autograd(x: torch.Tensor, sigma: torch.Tensor) -> bool:
+    """Whether a gradient, a forward-mode tangent or a torch.func transform can reach the op."""
+    if not (inspectable(x) and inspectable(sigma)):
+        return True
+    if torch.is_grad_enabled() and (x.requires_grad or sigma.requires_grad):
+        return True
+    from torch.autograd.forward_ad import unpack_dual
+
+    return unpack_dual(x).tangent is not None or unpack_dual(sigma).tangent is not None
+
+
 def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor, bool]:
     """sigma as [B, T] and whether the caller asked for several levels (a 2-D sigma).
 
@@ -155,25 +166,40 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
         torch.Size([8, 16])
     """
     x = as_float(as_tensor(x, "x"))
-    flat = flatten_batch(x, "x")
-    n, d = flat.shape
+    d = flatten_batch(x, "x").shape[1]
     mean, eigvecs, eigvals = (as_float(as_tensor(t, name)).to(x.device) for t, name in
                               ((mean, "mean"), (eigvecs, "eigvecs"), (eigvals, "eigvals")))
     validate_gaussian(mean, eigvecs, eigvals, d)
+    if not (math.isfinite(remainder) and remainder >= 0):
+        raise ValueError(f"remainder: expected an eigenvalue >= 0, got {remainder!r}")
+    lam_rest = torch.tensor(float(remainder), dtype=eigvals.dtype, device=x.device)
+    return denoise_validated(x, sigma, mean.reshape(d), eigvecs, eigvals, lam_rest, output=output,
+                             precision=precision)
+
+
+def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, *, output: str = "denoised",
+                      precision: str | None = None) -> torch.Tensor:
+    """``gaussian_denoise`` for callers that validated the Gaussian already (GaussianDenoiser).
+
+    x: float tensor [B, *feature_shape] on the Gaussian's device; mean: [d]; lam_rest: 0-d tensor.
+    Checks x, sigma, output and precision.
+    """
+    flat = flatten_batch(x, "x")
     if output not in OUTPUTS:
         raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
     if precision is None:
         precision = "bf16" if eigvecs.dtype == torch.bfloat16 else "ieee"
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not (math.isfinite(remainder) and remainder >= 0):
-        raise ValueError(f"remainder: expected an eigenvalue >= 0, got {remainder!r}")
     check_finite(flat, "x")
-    grid, multi = normalize_sigma(sigma, n, x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
+    grid, multi = normalize_sigma(sigma, flat.shape[0], x.device,
+                                  torch.float64 if x.dtype == torch.float64 else torch.float32)
     if output != "denoised" and grid.numel() and inspectable(grid) and (grid == 0).any():
         raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
-    lam_rest = torch.tensor(float(remainder), dtype=eigvals.dtype, device=x.device)
-    out = _GaussianDenoise.apply(flat, grid, mean.reshape(d), eigvecs, eigvals, lam_rest, output, precision)
+    if _needs_autograd(flat, grid):
+        out = _GaussianDenoise.apply(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
+    else:  # nothing to differentiate: skip the autograd.Function's bookkeeping
+        out = _compute(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
     out = out.reshape(out.shape[0], *x.shape)
     return out if multi else out[0]
 

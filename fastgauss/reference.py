@@ -41,19 +41,18 @@ def centered_gram(a, a_shift, b=None, b_shift=None) -> torch.Tensor:
 
 
 def gaussian_denoiser(x, sigma, mean, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:
-    """D(x; s) = mu + U diag(w) U^T (x - mu) + a (I - U U^T)(x - mu), row by row.
+    """D(x; s) = mu + U diag(w) U^T (x - mu) + a (I - U U^T)(x - mu) for each row.
 
     x: [B, d]; sigma: [B]; mean: [d]; eigvals: [r]; eigvecs: [d, r];
     w_k = lam_k / (lam_k + s^2), a = lam_rest / (lam_rest + s^2), with 0/0 taken as 0.
     """
     x, sigma, mean, lam, u = _f64(x), _f64(sigma), _f64(mean), _f64(eigvals), _f64(eigvecs)
-    out = []
-    for xb, s in zip(x, sigma):
-        w = torch.tensor([lk / (lk + s**2) if lk + s**2 > 0 else 0.0 for lk in lam.tolist()], dtype=torch.float64)
-        a = lam_rest / (lam_rest + s**2) if lam_rest + s**2 > 0 else 0.0
-        outside = torch.eye(len(mean), dtype=torch.float64) - u @ u.T
-        out.append(mean + u @ torch.diag(w) @ u.T @ (xb - mean) + a * outside @ (xb - mean))
-    return torch.stack(out)
+    s2 = sigma[:, None] ** 2
+    w = torch.where(lam + s2 > 0, lam / (lam + s2), torch.zeros(()))
+    a = torch.where(lam_rest + s2 > 0, lam_rest / (lam_rest + s2), torch.zeros(()))
+    centred = x - mean
+    coeffs = centred @ u
+    return mean + (coeffs * w) @ u.T + a * (centred - coeffs @ u.T)
 
 
 def gaussian_jacobian(sigma: float, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:

@@ -49,6 +49,23 @@ def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+class _Trajectory:
+    """Collects x after every step and D at every step's first evaluation, when asked to."""
+
+    def __init__(self, x: torch.Tensor, enabled: bool):
+        self.enabled, self.xs, self.ds = enabled, [x], []
+
+    def record(self, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        if self.enabled:
+            self.xs.append(x)
+            self.ds.append(denoised)
+
+    def result(self, x: torch.Tensor, sig: list[float]):
+        if not self.enabled:
+            return x
+        return x, {"x": torch.stack(self.xs), "denoised": torch.stack(self.ds), "sigma": torch.tensor(sig)}
+
+
 def sample_euler(denoiser, latents, sigmas, *, return_trajectory: bool = False, progress: bool = False):
     """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
 
@@ -58,16 +75,12 @@ def sample_euler(denoiser, latents, sigmas, *, return_trajectory: bool = False, 
     """
     latents, sig = _check_schedule(latents, sigmas)
     x = latents * sig[0]
-    xs, ds = [x], []
+    trajectory = _Trajectory(x, return_trajectory)
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="euler", disable=not progress):
         denoised = _call(denoiser, x, t_cur)
         x = x + (t_next - t_cur) * (x - denoised) / t_cur
-        if return_trajectory:
-            xs.append(x)
-            ds.append(denoised)
-    if return_trajectory:
-        return x, {"x": torch.stack(xs), "denoised": torch.stack(ds), "sigma": torch.tensor(sig)}
-    return x
+        trajectory.record(x, denoised)
+    return trajectory.result(x, sig)
 
 
 def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float = 0.0,
@@ -83,7 +96,7 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
     latents, sig = _check_schedule(latents, sigmas)
     n = len(sig) - 1
     x = latents * sig[0]
-    xs, ds = [x], []
+    trajectory = _Trajectory(x, return_trajectory)
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="heun", disable=not progress):
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
@@ -97,9 +110,5 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
             slope_next = (x_next - _call(denoiser, x_next, t_next)) / t_next
             x_next = x + (t_next - t_hat) * (slope + slope_next) / 2
         x = x_next
-        if return_trajectory:
-            xs.append(x)
-            ds.append(denoised)
-    if return_trajectory:
-        return x, {"x": torch.stack(xs), "denoised": torch.stack(ds), "sigma": torch.tensor(sig)}
-    return x
+        trajectory.record(x, denoised)
+    return trajectory.result(x, sig)

@@ -16,4 +16,5 @@ def test_gpu_check_smoke_run_writes_results(tmp_path):
     assert results["all_passed"] and len(results["checks"]) >= 10
     names = {c["name"] for c in results["checks"]}
     assert {"moments covariance ieee", "moments covariance tf32x3", "moments covariance tf32"} <= names
+    assert {f"gaussian denoise {p}" for p in ("ieee", "tf32", "bf16")} <= names
     assert (tmp_path / "table.txt").read_text().rstrip().endswith("0 failed")

@@ -1,0 +1,103 @@
+"""Gaussian denoiser on CPU at d = 3072, side by side in one run.
+
+    pytest benchmarks/bench_gaussian.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+
+Rows per group (d, B, rank r, T levels):
+  paper     the paper's way: float64, one sigma per call, a dense diagonal multiplied in:
+            mean + (U @ diag(S) @ U.T @ (x - mean).T).T, T calls
+  eager     torch fp32: two matmuls and an elementwise scaling (per-sample sigma), T calls
+  compiled  torch.compile of eager (T = 1 only; T = 10 would be the same calls ten times)
+  fastgauss GaussianDenoiser, per-sample sigma; T = 10 as one [B, 10] grid (one projection)
+  fastgauss-shared  the same batch sharing one sigma (the operator route when it pays; the
+            operator is built in the warm-up round and cached, as in a sampling loop)
+d = 12 288 and B = 8192 run in benchmarks/gpu_check.py (minutes per call on 2 CPU cores).
+"""
+
+import pytest
+import torch
+
+import fastgauss
+
+D = 3072
+CASES = [(b, r, t) for b in (64, 1024) for r in (D, 256) for t in (1, 10)]
+
+
+def _case_id(case):
+    b, r, t = case
+    return f"B{b}-r{'full' if r == D else r}-T{t}"
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    g = torch.Generator().manual_seed(0)
+    u = torch.linalg.qr(torch.randn(D, D, generator=g))[0]
+    lam = torch.logspace(1, -4, D)
+    mean = torch.randn(D, generator=g) * 0.1
+    return mean, lam, u
+
+
+def _inputs(case, gaussian):
+    b, r, t = case
+    mean, lam, u = gaussian
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, D, generator=g)
+    sigmas = torch.exp(torch.empty(b, t).uniform_(-6, 4.4, generator=g))
+    return x, sigmas, mean, lam[:r].contiguous(), u[:, :r].contiguous()
+
+
+def _eager(x, sigma, mean, lam, u):
+    c = (x - mean) @ u
+    c = c * (lam / (lam + sigma[:, None] ** 2))
+    return mean + c @ u.T
+
+
+_compiled = torch.compile(_eager, dynamic=False)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_paper_float64_dense_diagonal(benchmark, gaussian, case):
+    x, sigmas, mean, lam, u = (t.double() for t in _inputs(case, gaussian))
+    benchmark.group = f"gaussian d={D} {_case_id(case)}"
+
+    def run():
+        outs = []
+        for level in sigmas[0].tolist():  # one sigma per call, shared by the batch
+            s = torch.diag(lam / (lam + level**2))
+            outs.append(mean + (u @ s @ u.T @ (x - mean).T).T)
+        return outs
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_torch_eager(benchmark, gaussian, case):
+    x, sigmas, mean, lam, u = _inputs(case, gaussian)
+    benchmark.group = f"gaussian d={D} {_case_id(case)}"
+    benchmark.pedantic(lambda: [_eager(x, s, mean, lam, u) for s in sigmas.T], rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[2] == 1], ids=_case_id)
+def test_torch_compile(benchmark, gaussian, case):
+    x, sigmas, mean, lam, u = _inputs(case, gaussian)
+    benchmark.group = f"gaussian d={D} {_case_id(case)}"
+    benchmark.pedantic(lambda: _compiled(x, sigmas[:, 0], mean, lam, u), rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fastgauss_per_sample_sigma(benchmark, gaussian, case):
+    x, sigmas, mean, lam, u = _inputs(case, gaussian)
+    den = fastgauss.GaussianDenoiser(mean, lam, u)
+    benchmark.group = f"gaussian d={D} {_case_id(case)}"
+    grid = sigmas if case[2] > 1 else sigmas[:, 0]
+    out = benchmark.pedantic(den, args=(x, grid), rounds=3, warmup_rounds=1)
+    assert torch.allclose(out if case[2] > 1 else out[None], torch.stack([_eager(x, s, mean, lam, u) for s in sigmas.T]),
+                          atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fastgauss_shared_sigma(benchmark, gaussian, case):
+    x, sigmas, mean, lam, u = _inputs(case, gaussian)
+    den = fastgauss.GaussianDenoiser(mean, lam, u)
+    benchmark.group = f"gaussian d={D} {_case_id(case)}"
+    levels = sigmas[0].tolist()
+    benchmark.pedantic(lambda: [den(x, level) for level in levels], rounds=3, warmup_rounds=1)
