@@ -4,14 +4,18 @@ Public API (see README.md for a tour):
     Moments            streaming mean / covariance / cross-covariance in float64
     GaussianDenoiser   optimal denoiser of N(mu, Sigma) as an nn.Module, with exact sampling
     gaussian_denoise   the fused Gaussian denoiser op (differentiable; CUDA kernel)
+    empirical_denoise, EmpiricalDenoiser   the memorizing (training-set) optimal denoiser, streamed
+    nearest_neighbors, gl_score, memorization_ratio   memorization metrics
     edm_sigmas, sample_euler, sample_heun   EDM schedule and samplers for any denoiser
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
+from .empirical import EmpiricalDenoiser, empirical_denoise
 from .gaussian_denoiser import GaussianDenoiser
 from .gaussian_op import gaussian_denoise
 from .moments import Moments
 from .sampling import edm_sigmas, sample_euler, sample_heun
 
-__all__ = ["GaussianDenoiser", "Moments", "edm_sigmas", "gaussian_denoise", "sample_euler", "sample_heun"]
+__all__ = ["EmpiricalDenoiser", "GaussianDenoiser", "Moments", "edm_sigmas", "empirical_denoise", "gaussian_denoise",
+           "sample_euler", "sample_heun"]
 __version__ = "0.1.0"

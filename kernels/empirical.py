@@ -1,0 +1,158 @@
+"""Empirical denoiser partials: tiles of the training set stream past a block of queries.
+
+Per program: a block of BLOCK_M queries and a split of the data rows. For each tile of
+BLOCK_N data rows, the logits s = (x'.y' - |y'|^2 / 2) / sigma^2 are reduced over the whole
+feature dimension in BLOCK_K steps, the running max m and sum of exponentials l are updated
+(flash-attention style), and the weighted sum acc[BLOCK_M, d] is updated in BLOCK_K column
+steps held in fp32 scratch: d is tiled too, so it may be 12 288 or more. Each split writes
+its own (m, l, acc); the launcher merges the splits exactly (log-sum-exp), deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+PRECISIONS = ("ieee", "tf32", "bf16")
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    if PRECISION == "bf16":
+        if EMULATE_BF16:  # the interpreter's bf16 dot is broken; bf16 x bf16 products are exact in fp32
+            result = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc,
+                            input_precision="ieee")
+        else:
+            result = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        result = tl.dot(a, b, acc, input_precision=PRECISION)
+    return result
+
+
+@triton.jit
+def _empirical_partial_kernel(
+    xc_ptr, inv_var_ptr, y_ptr, center_ptr, norms_ptr,
+    m_ptr, l_ptr, acc_ptr,
+    n_queries, n_data, dim, rows_per_split,
+    stride_y,
+    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """xc: [B, d] centred queries (contiguous); y: [N, d] raw data rows (unit column stride),
+    centred in the kernel with center [d]; norms: [N] squared norms of the centred rows.
+    Writes m, l: [S, B] and acc: [S, B, d] (zero-initialised) for split S = program_id(1)."""
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_q = q < n_queries
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    inv_var = tl.load(inv_var_ptr + q, mask=mask_q, other=1.0)
+    row_start = split * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, n_data)
+    acc_base = acc_ptr + split.to(tl.int64) * n_queries * dim + q[:, None].to(tl.int64) * dim
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    for n0 in range(row_start, row_end, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < row_end
+        y_rows = y_ptr + rows.to(tl.int64)[:, None] * stride_y
+        logits = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, dim, BLOCK_K):
+            ks = k0 + offs_k
+            mask_k = ks < dim
+            x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
+                        mask=mask_q[:, None] & mask_k[None, :], other=0.0)
+            c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
+            y = tl.load(y_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
+            logits = _mma(x, tl.trans(y), logits, PRECISION, EMULATE_BF16)
+        norms = tl.load(norms_ptr + rows, mask=mask_n, other=0.0)
+        logits = (logits - 0.5 * norms[None, :]) * inv_var[:, None]
+        logits = tl.where(mask_n[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        alpha = tl.exp(m_i - m_new)  # 0 on the first tile (m_i = -inf, acc is zero)
+        p = tl.exp(logits - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        for k0 in range(0, dim, BLOCK_K):
+            ks = k0 + offs_k
+            mask_k = ks < dim
+            c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
+            y = tl.load(y_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
+            acc_ptrs = acc_base + ks[None, :]
+            mask_acc = mask_q[:, None] & mask_k[None, :]
+            acc = tl.load(acc_ptrs, mask=mask_acc, other=0.0) * alpha[:, None]
+            acc = _mma(p, y, acc, PRECISION, EMULATE_BF16)
+            tl.store(acc_ptrs, acc, mask=mask_acc)
+    tl.store(m_ptr + split * n_queries + q, m_i, mask=mask_q)
+    tl.store(l_ptr + split * n_queries + q, l_i, mask=mask_q)
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+#: Launch configurations by product family; the compile gate builds each of them.
+CONFIGS = {"fma": TileConfig(64, 32, 16, 8, 2), "mma": TileConfig(64, 64, 16, 8, 2)}
+#: Upper bound on the per-split fp32 scratch (splits x B x d).
+_SCRATCH_BYTES = 512 << 20
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: enough to exercise the split merge
+
+
+def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
+                      norms: torch.Tensor, *, precision: str):
+    """Merged softmax partial (m [B], l [B], acc [B, d]) of every row of ``data`` for queries xc.
+
+    xc: [B, d] float32 contiguous, centred on ``center``; inv_var: [B] = 1 / sigma^2 float32;
+    data: [N, d] float32 with unit column stride (raw, centred in the kernel); center: [d]
+    float32; norms: [N] float32 squared norms of the centred rows; precision: ieee|tf32|bf16.
+    """
+    n_queries, dim = xc.shape
+    n_data = data.shape[0]
+    cfg = CONFIGS["fma" if precision == "ieee" else "mma"]
+    query_blocks = triton.cdiv(n_queries, cfg.block_m)
+    want = triton.cdiv(2 * _multiprocessors(xc.device), query_blocks)
+    fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
+    splits = max(1, min(want, fit, triton.cdiv(n_data, cfg.block_n)))
+    rows_per_split = triton.cdiv(n_data, splits)
+    splits = triton.cdiv(n_data, rows_per_split)
+    m = torch.empty((splits, n_queries), dtype=torch.float32, device=xc.device)
+    l = torch.empty_like(m)
+    acc = torch.zeros((splits, n_queries, dim), dtype=torch.float32, device=xc.device)
+    _empirical_partial_kernel[(query_blocks, splits)](
+        xc, inv_var, data, center, norms, m, l, acc,
+        n_queries, n_data, dim, rows_per_split, data.stride(0),
+        PRECISION=precision, EMULATE_BF16=xc.device.type != "cuda",
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    m_all = m.max(0).values
+    scale = torch.exp(m - m_all)  # [S, B]
+    return m_all, (l * scale).sum(0), (acc * scale[..., None]).sum(0)
+
+
+def gate_entries():
+    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
+    signature = {"xc_ptr": "*fp32", "inv_var_ptr": "*fp32", "y_ptr": "*fp32", "center_ptr": "*fp32",
+                 "norms_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
+                 "n_queries": "i32", "n_data": "i32", "dim": "i32", "rows_per_split": "i32", "stride_y": "i32"}
+    for precision in PRECISIONS:
+        cfg = CONFIGS["fma" if precision == "ieee" else "mma"]
+        constexprs = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
+                      "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+        yield (f"empirical_partial[{precision}]", _empirical_partial_kernel, signature, constexprs,
+               cfg.num_warps, cfg.num_stages, precision != "ieee")
