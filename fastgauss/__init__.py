@@ -14,8 +14,9 @@ from .empirical import EmpiricalDenoiser, empirical_denoise
 from .gaussian_denoiser import GaussianDenoiser
 from .gaussian_op import gaussian_denoise
 from .moments import Moments
+from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .sampling import edm_sigmas, sample_euler, sample_heun
 
 __all__ = ["EmpiricalDenoiser", "GaussianDenoiser", "Moments", "edm_sigmas", "empirical_denoise", "gaussian_denoise",
-           "sample_euler", "sample_heun"]
+           "gl_score", "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun"]
 __version__ = "0.1.0"

@@ -153,7 +153,8 @@ def choose_precision(sigma_min: float, x_norm_max: float, y_norm_max: float, dim
     mode meets the tolerance, exact fp32 products ("ieee") are the best there is.
     """
     for mode in _SPEED_ORDER:
-        if math.expm1(error_bound(mode, x_norm_max, y_norm_max, dim) / sigma_min**2) <= tolerance:
+        exponent = error_bound(mode, x_norm_max, y_norm_max, dim) / sigma_min**2
+        if exponent < 1 and math.expm1(exponent) <= tolerance:
             return mode
     return "ieee"
 
@@ -208,7 +209,7 @@ class _EmpiricalDenoise(torch.autograd.Function):
 
 
 def _normalize_sigma(sigma, batch: int, device, dtype) -> torch.Tensor:
-    s = torch.tensor(float(sigma)) if isinstance(sigma, (int, float)) else as_float(as_tensor(sigma, "sigma"))
+    s = torch.tensor(float(sigma), dtype=torch.float64) if isinstance(sigma, (int, float)) else as_float(as_tensor(sigma, "sigma"))
     s = s.to(device=device, dtype=dtype)
     if s.dim() == 0 or (s.dim() == 1 and s.shape[0] == 1):
         s = s.reshape(1).expand(batch)

@@ -139,7 +139,8 @@ class GaussianDenoiser(nn.Module):
 
     def weights(self, sigma) -> torch.Tensor:
         """Shrinkage factors lambda_k / (lambda_k + sigma^2): [r] for a scalar sigma, else [*sigma.shape, r]."""
-        s = as_float(as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(sigma))
+        s = as_float(as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float))
+                     else torch.tensor(float(sigma), dtype=torch.float64))
         s = s.to(self.eigvals)
         if not torch.isfinite(s).all() or (s < 0).any():
             raise ValueError("sigma: must be finite and >= 0")

@@ -123,7 +123,7 @@ def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[tor
     Accepts a float, a 0-d tensor, B values (one per sample), or a 2-D [B, T] / [1, T] grid.
     Raises ValueError for negative or non-finite values and shapes that fit none of these.
     """
-    s = as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(float(sigma))
+    s = as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(float(sigma), dtype=torch.float64)
     s = as_float(s).to(device=device, dtype=dtype)
     if s.dim() == 0:
         grid, multi = s.expand(batch, 1), False

@@ -76,3 +76,28 @@ def gaussian_flow_endpoint(x_start, sigma_start: float, mean, eigvals, eigvecs) 
     x, mean, lam, u = _f64(x_start), _f64(mean), _f64(eigvals), _f64(eigvecs)
     c = (x - mean) @ u
     return mean + (c * torch.sqrt(lam / (lam + sigma_start**2))) @ u.T
+
+
+def empirical_denoiser(x, sigma, data) -> torch.Tensor:
+    """softmax(-cdist(x, Y)^2 / (2 sigma^2)) @ Y, materialized: x [B, d], sigma [B], data [N, d]."""
+    x, sigma, data = _f64(x), _f64(sigma), _f64(data)
+    dist2 = torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    weights = torch.softmax(-dist2 / (2 * sigma[:, None] ** 2), dim=1)
+    return weights @ data
+
+
+def empirical_jacobian(x, sigma: float, data) -> torch.Tensor:
+    """dD/dx at one query x [d]: (sum_i w_i y_i y_i^T - D D^T) / sigma^2, [d, d]."""
+    x, data = _f64(x), _f64(data)
+    w = torch.softmax(-((data - x) ** 2).sum(1) / (2 * sigma**2), dim=0)
+    d = w @ data
+    return ((data * w[:, None]).T @ data - torch.outer(d, d)) / sigma**2
+
+
+def nearest_neighbors(x, data, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force in float64: (distances [B, k], indices [B, k]), ties to the lower index."""
+    x, data = _f64(x), _f64(data)
+    dist = torch.cdist(x, data, compute_mode="donot_use_mm_for_euclid_dist")
+    order = torch.stack([torch.tensor(sorted(range(data.shape[0]), key=lambda i: (row[i].item(), i))[:k])
+                         for row in dist])
+    return dist.gather(1, order), order
