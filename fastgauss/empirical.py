@@ -49,7 +49,10 @@ class TrainingSet:
         return self.rows.shape[1]
 
     def _global_mean(self) -> torch.Tensor:
-        total = self.rows.sum(0, dtype=torch.float64)
+        # in chunks: a float64 copy of a large host-resident set would not fit
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.rows.device)
+        for start in range(0, self.rows.shape[0], 1 << 16):
+            total += self.rows[start:start + (1 << 16)].sum(0, dtype=torch.float64)
         count = torch.tensor([float(self.rows.shape[0])], dtype=torch.float64, device=total.device)
         if self.group is not None:
             import torch.distributed as dist

@@ -52,3 +52,34 @@ def test_all_reduce_over_two_gloo_processes_equals_one_pass(tmp_path, shards):
 def test_all_reduce_without_process_group_is_a_clear_error():
     with pytest.raises(RuntimeError, match="init_process_group"):
         fastgauss.Moments().all_reduce()
+
+
+def _empirical_worker(rank: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        data, queries, sigma = _empirical_data()
+        shard = data[:90] if rank == 0 else data[90:]  # uneven shards
+        den = fastgauss.EmpiricalDenoiser(shard, group=dist.group.WORLD)
+        out = den(queries, sigma)
+        _, jv = den.jvp(queries, sigma, torch.ones_like(queries)[None])
+        torch.save({"out": out, "jv": jv}, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _empirical_data():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(217, 11, generator=g), torch.randn(5, 11, generator=g), torch.rand(5, generator=g) + 0.2
+
+
+def test_sharded_empirical_denoiser_equals_one_pass(tmp_path):
+    result = str(tmp_path / "emp")
+    mp.start_processes(_empirical_worker, args=(str(tmp_path / "init"), result), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    data, queries, sigma = _empirical_data()
+    whole = fastgauss.EmpiricalDenoiser(data)
+    _, jv = whole.jvp(queries, sigma, torch.ones_like(queries)[None])
+    for rank in range(WORLD):
+        got = torch.load(f"{result}.{rank}")
+        assert rel_err(got["out"], ref.empirical_denoiser(queries, sigma, data)) < 5e-5
+        assert rel_err(got["jv"], jv) < 1e-4
