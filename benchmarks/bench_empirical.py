@@ -55,8 +55,8 @@ def test_empirical_denoiser(benchmark, training_set, batch, sigma, method):
         fn = lambda: den(x, sigma)  # noqa: E731
     else:
         fn = (lambda: _paper(x, sigma, training_set)) if method == "paper" else (lambda: _sdpa(x, sigma, training_set))
-    rounds = 1 if batch > 64 else 3
-    out = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0)
+    small = batch <= 64
+    out = benchmark.pedantic(fn, rounds=3 if small else 1, warmup_rounds=1 if small else 0)
     assert torch.isfinite(out).all()
 
 

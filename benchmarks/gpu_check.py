@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     import torch
 
     from gpu_check_lib import Report, measure_peaks
+    from gpu_check_empirical import check_empirical, time_empirical
     from gpu_check_gaussian import check_gaussian, time_gaussian
     from gpu_check_moments import check_moments, time_moments
 
@@ -85,9 +86,11 @@ def main(argv=None) -> int:
         report.meta["peaks"] = measure_peaks(device)
     check_moments(report, device, smoke=args.smoke)
     check_gaussian(report, device, smoke=args.smoke)
+    check_empirical(report, device, smoke=args.smoke)
     if not args.smoke:
         time_moments(report, device)
         time_gaussian(report, device)
+        time_empirical(report, device)
     args.out.mkdir(parents=True, exist_ok=True)
     table = report.table()
     (args.out / "results.json").write_text(json.dumps(report.as_dict(), indent=2))

@@ -16,13 +16,18 @@ from dataclasses import dataclass
 import torch
 
 #: Bytes of logits / weights per chunk: bounds the workspace (B x chunk) of every pass.
-WORKSPACE_BYTES = 4 << 20
+WORKSPACE_BYTES = 24 << 20
+
+
+#: Bytes of one data chunk: small enough to stay in cache between its copy and its products.
+CHUNK_CACHE_BYTES = 8 << 20
 
 
 def chunk_rows(batch: int, dim: int, element_size: int, probes: int = 0, budget: int = WORKSPACE_BYTES) -> int:
-    """Rows of data per chunk so that the [B, c] temporaries (and a data chunk) fit in ``budget``."""
-    per_row = element_size * (batch * (3 + probes) + 2 * dim)
-    return max(16, budget // per_row)
+    """Rows of data per chunk: the [B, c] temporaries fit in ``budget`` and the chunk in cache."""
+    by_workspace = budget // (element_size * batch * (2 + probes))
+    by_cache = CHUNK_CACHE_BYTES // (element_size * dim)
+    return max(16, min(by_workspace, by_cache))
 
 
 @dataclass
@@ -65,25 +70,35 @@ class Partial:
 
 
 def chunk_partial(state: Partial, xc: torch.Tensor, inv_var: torch.Tensor, yc: torch.Tensor,
-                  probes: torch.Tensor | None = None) -> Partial:
-    """Fold one chunk of centred data yc: [c, d] into ``state``.
+                  probes: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> Partial:
+    """Fold one chunk of centred data yc: [c, d] into ``state`` (in place) and return it.
 
-    xc: [B, d] centred queries; inv_var: [B] = 1 / sigma^2; probes: [K, B, d] or None.
+    xc: [B, d] centred queries; inv_var: [B] = 1 / sigma^2; probes: [K, B, d] or None;
+    norms: [c] squared norms of the chunk's rows (computed here in float64 when None).
     """
-    norms = (yc.to(torch.float64) ** 2).sum(1).to(yc.dtype)  # [c], accurate squared norms
-    logits = (xc @ yc.T - norms / 2) * inv_var[:, None]  # [B, c]
+    if norms is None:
+        norms = (yc.to(torch.float64) ** 2).sum(1).to(yc.dtype)
+    logits = torch.addmm(norms.mul(-0.5), xc, yc.T).mul_(inv_var[:, None])  # [B, c]
     m_new = torch.maximum(state.m, logits.max(1).values)
-    out = state.rescaled(m_new)
-    p = torch.exp(logits - m_new[:, None])
-    out.l = out.l + p.sum(1)
-    out.acc = out.acc + p @ yc
+    alpha = torch.where(torch.isfinite(state.m), torch.exp(state.m - m_new), torch.zeros_like(m_new))
+    state.m = m_new
+    state.l.mul_(alpha)
+    state.acc.mul_(alpha[:, None])
+    if state.acc_s is not None:
+        state.acc_s.mul_(alpha[:, None])
+        state.l_s.mul_(alpha)
+        scaled_logits = logits.clone()
+    p = logits.sub_(m_new[:, None]).exp_()  # reuses the logits' memory
+    state.l.add_(p.sum(1))
+    state.acc.addmm_(p, yc)
     if probes is not None:
-        out.acc_v = out.acc_v + (p * (probes @ yc.T)) @ yc
-    if out.acc_s is not None:
-        ps = p * logits
-        out.acc_s = out.acc_s + ps @ yc
-        out.l_s = out.l_s + ps.sum(1)
-    return out
+        state.acc_v.mul_(alpha[:, None])
+        state.acc_v.add_((p * (probes @ yc.T)) @ yc)
+    if state.acc_s is not None:
+        ps = scaled_logits.mul_(p)
+        state.acc_s.addmm_(ps, yc)
+        state.l_s.add_(ps.sum(1))
+    return state
 
 
 def finish(part: Partial, sigma: torch.Tensor, probes: torch.Tensor | None = None):

@@ -43,6 +43,7 @@ class TrainingSet:
         self.last_precision: str | None = None
         self._norms: dict = {}
         self._max_norm: float | None = None
+        self.centred_norms(torch.float64)  # once, up front: every call needs them
 
     @property
     def dim(self) -> int:
@@ -72,26 +73,40 @@ class TrainingSet:
             self._norms[dtype] = norms.to(dtype)
         return self._norms[dtype]
 
-    def resolve_precision(self, precision: str, xc: torch.Tensor, sigma: torch.Tensor) -> str:
-        """``precision`` itself, or for "auto" the mode ``choose_precision`` picks for this call."""
+    def resolve_precision(self, precision: str, xc: torch.Tensor, sigma: torch.Tensor) -> tuple[str, str]:
+        """(distance products, weighted-sum products) for the kernel.
+
+        An explicit mode applies to both. "auto" lowers the distances to the mode
+        ``choose_precision`` picks for this call and keeps the weighted sum at about fp32
+        accuracy (tf32x3 on tensor cores; exact fp32 products when the distances are too).
+        """
         if precision == "auto":
             if self._max_norm is None:
                 self._max_norm = float(self.centred_norms(torch.float64).max().sqrt())
-            precision = choose_precision(float(sigma.min()), float(xc.norm(dim=1).max()), self._max_norm, self.dim)
-        self.last_precision = precision
-        return precision
+            qk = choose_precision(float(sigma.min()), float(xc.norm(dim=1).max()), self._max_norm, self.dim)
+            modes = (qk, "ieee" if qk == "ieee" else "tf32x3")
+        else:
+            modes = (precision, precision)
+        self.last_precision = modes[0] if modes[0] == modes[1] else f"{modes[0]} distances, {modes[1]} sums"
+        return modes
 
     def chunks(self, device, dtype, rows: int):
-        """Centred chunks [c, d] on ``device`` in ``dtype``."""
+        """(centred chunk [c, d], its squared norms [c]) on ``device`` in ``dtype``."""
         center = self.center.to(device=device, dtype=dtype)
+        norms = self.centred_norms(dtype)
         for start in range(0, self.rows.shape[0], rows):
             chunk = self.rows[start:start + rows]
-            yield chunk.to(device=device, dtype=dtype, non_blocking=True) - center
+            yield (chunk.to(device=device, dtype=dtype, non_blocking=True) - center,
+                   norms[start:start + rows].to(device=device, non_blocking=True))
 
 
+@torch.no_grad()
 def _stream(x: torch.Tensor, sigma: torch.Tensor, data: TrainingSet, *, probes=None, sigma_grad=False,
             precision="ieee") -> et.Partial:
-    """The merged softmax partial of every row of the training set (all ranks) for queries x."""
+    """The merged softmax partial of every row of the training set (all ranks) for queries x.
+
+    Not differentiable itself (it updates its accumulators in place): _EmpiricalDenoise
+    supplies the derivatives."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(dtype) - data.center.to(device=x.device, dtype=dtype)
     inv_var = 1.0 / (sigma.to(dtype) ** 2)
@@ -112,8 +127,8 @@ def _stream(x: torch.Tensor, sigma: torch.Tensor, data: TrainingSet, *, probes=N
                                 device=x.device)
         rows = data.chunk_rows or et.chunk_rows(x.shape[0], x.shape[1], xc.element_size(), k or 0)
         p = None if probes is None else probes.to(dtype)
-        for yc in data.chunks(x.device, dtype, rows):
-            part = et.chunk_partial(part, xc, inv_var, yc, p)
+        for yc, norms in data.chunks(x.device, dtype, rows):
+            part = et.chunk_partial(part, xc, inv_var, yc, p, norms)
     if data.group is not None:
         part = _all_reduce_partial(part, data.group)
     return part

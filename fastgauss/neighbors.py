@@ -7,7 +7,7 @@ import torch
 from ._arrays import as_float, as_tensor, check_finite, flatten_batch
 
 #: Bytes of the [B, chunk] distance block per chunk of data rows.
-_WORKSPACE_BYTES = 8 << 20
+_WORKSPACE_BYTES = 32 << 20
 
 
 def _candidates(x: torch.Tensor, data: torch.Tensor, count: int, dtype) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _candidates(x: torch.Tensor, data: torch.Tensor, count: int, dtype) -> torch
     return best_i
 
 
-def nearest_neighbors(x, data, k: int = 2, *, margin: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest training points of each query by Euclidean distance.
 
     x: [B, *feature_shape]; data: [N, *feature_shape] (may live in host memory: it streams

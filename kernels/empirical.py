@@ -16,7 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-PRECISIONS = ("ieee", "tf32", "bf16")
+#: (distance products, weighted-sum products): explicit modes use one precision for both; "auto"
+#: (in fastgauss.empirical) lowers the distances only where provably harmless and keeps the sum
+#: at about fp32 accuracy on tensor cores (tf32x3).
+MODES = (("ieee", "ieee"), ("tf32", "tf32"), ("bf16", "bf16"), ("tf32", "tf32x3"), ("bf16", "tf32x3"))
 
 
 @triton.jit
@@ -38,7 +41,7 @@ def _empirical_partial_kernel(
     m_ptr, l_ptr, acc_ptr,
     n_queries, n_data, dim, rows_per_split,
     stride_y,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    QK_PRECISION: tl.constexpr, PV_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """xc: [B, d] centred queries (contiguous); y: [N, d] raw data rows (unit column stride),
@@ -69,7 +72,7 @@ def _empirical_partial_kernel(
             c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
             y = tl.load(y_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
             y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
-            logits = _mma(x, tl.trans(y), logits, PRECISION, EMULATE_BF16)
+            logits = _mma(x, tl.trans(y), logits, QK_PRECISION, EMULATE_BF16)
         norms = tl.load(norms_ptr + rows, mask=mask_n, other=0.0)
         logits = (logits - 0.5 * norms[None, :]) * inv_var[:, None]
         logits = tl.where(mask_n[None, :], logits, float("-inf"))
@@ -87,7 +90,7 @@ def _empirical_partial_kernel(
             acc_ptrs = acc_base + ks[None, :]
             mask_acc = mask_q[:, None] & mask_k[None, :]
             acc = tl.load(acc_ptrs, mask=mask_acc, other=0.0) * alpha[:, None]
-            acc = _mma(p, y, acc, PRECISION, EMULATE_BF16)
+            acc = _mma(p, y, acc, PV_PRECISION, EMULATE_BF16)
             tl.store(acc_ptrs, acc, mask=mask_acc)
     tl.store(m_ptr + split * n_queries + q, m_i, mask=mask_q)
     tl.store(l_ptr + split * n_queries + q, l_i, mask=mask_q)
@@ -115,16 +118,18 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
-                      norms: torch.Tensor, *, precision: str):
+                      norms: torch.Tensor, *, precision: tuple[str, str]):
     """Merged softmax partial (m [B], l [B], acc [B, d]) of every row of ``data`` for queries xc.
 
     xc: [B, d] float32 contiguous, centred on ``center``; inv_var: [B] = 1 / sigma^2 float32;
     data: [N, d] float32 with unit column stride (raw, centred in the kernel); center: [d]
-    float32; norms: [N] float32 squared norms of the centred rows; precision: ieee|tf32|bf16.
+    float32; norms: [N] float32 squared norms of the centred rows; precision: one of MODES,
+    (distance products, weighted-sum products).
     """
+    qk, pv = precision
     n_queries, dim = xc.shape
     n_data = data.shape[0]
-    cfg = CONFIGS["fma" if precision == "ieee" else "mma"]
+    cfg = CONFIGS["fma" if precision == ("ieee", "ieee") else "mma"]
     query_blocks = triton.cdiv(n_queries, cfg.block_m)
     want = triton.cdiv(2 * _multiprocessors(xc.device), query_blocks)
     fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
@@ -137,7 +142,7 @@ def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tenso
     _empirical_partial_kernel[(query_blocks, splits)](
         xc, inv_var, data, center, norms, m, l, acc,
         n_queries, n_data, dim, rows_per_split, data.stride(0),
-        PRECISION=precision, EMULATE_BF16=xc.device.type != "cuda",
+        QK_PRECISION=qk, PV_PRECISION=pv, EMULATE_BF16=xc.device.type != "cuda",
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     m_all = m.max(0).values
@@ -150,9 +155,9 @@ def gate_entries():
     signature = {"xc_ptr": "*fp32", "inv_var_ptr": "*fp32", "y_ptr": "*fp32", "center_ptr": "*fp32",
                  "norms_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
                  "n_queries": "i32", "n_data": "i32", "dim": "i32", "rows_per_split": "i32", "stride_y": "i32"}
-    for precision in PRECISIONS:
-        cfg = CONFIGS["fma" if precision == "ieee" else "mma"]
-        constexprs = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
+    for qk, pv in MODES:
+        cfg = CONFIGS["fma" if (qk, pv) == ("ieee", "ieee") else "mma"]
+        constexprs = {"QK_PRECISION": qk, "PV_PRECISION": pv, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
                       "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
-        yield (f"empirical_partial[{precision}]", _empirical_partial_kernel, signature, constexprs,
-               cfg.num_warps, cfg.num_stages, precision != "ieee")
+        yield (f"empirical_partial[{qk},{pv}]", _empirical_partial_kernel, signature, constexprs,
+               cfg.num_warps, cfg.num_stages, qk != "ieee")

@@ -43,7 +43,7 @@ def test_precision_modes(backend, precision):
     tol = 5e-2 if precision == "bf16" else 5e-5  # bf16 is only worth it at large sigma
     assert rel_err(den(x, sigma), ref.empirical_denoiser(x, sigma, data)) < tol
     if backend == "triton":
-        assert den.last_precision in ("ieee", "tf32", "bf16")
+        assert den.last_precision == ("ieee" if precision == "auto" else precision)  # sigma = 2: too small
 
 
 def test_auto_precision_respects_the_weight_bound():
@@ -138,3 +138,16 @@ def test_training_set_keeps_host_data_in_place():
     ts = TrainingSet(data)
     assert ts.rows.data_ptr() == data.data_ptr()  # no copy of the training set
     assert torch.allclose(ts.center, data.double().mean(0))
+
+
+def test_auto_lowers_only_the_distances_and_keeps_weights_within_the_bound(monkeypatch):
+    monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
+    g = torch.Generator().manual_seed(7)
+    data = torch.rand(200, 16, generator=g) * 2 - 1
+    x = torch.rand(5, 16, generator=g) * 2 - 1
+    den = fastgauss.EmpiricalDenoiser(data, precision="auto")
+    out = den(x, 300.0)
+    assert den.last_precision == "bf16 distances, tf32x3 sums"
+    assert rel_err(out, ref.empirical_denoiser(x, torch.full((5,), 300.0), data)) < 1e-4
+    den(x, 0.01)
+    assert den.last_precision == "ieee"

@@ -1,0 +1,109 @@
+"""gpu_check entries for the empirical denoiser and nearest neighbours."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import fastgauss
+from fastgauss import reference as ref
+from gpu_check_lib import Report, bench_ms
+
+SIGMAS = (0.002, 0.5, 5.0, 80.0)
+
+
+def _rel(actual, expected) -> float:
+    actual = actual.detach().double().cpu()
+    if not torch.isfinite(actual).all():
+        return float("nan")
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def _problem(n: int, d: int, b: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    data = torch.rand(n, d, generator=g) * 2 - 1
+    x = data[torch.randint(0, n, (b,), generator=g)] + 0.3 * torch.randn(b, d, generator=g)
+    return data, x
+
+
+def check_empirical(report: Report, device, *, smoke: bool) -> None:
+    n, d, b = (300, 37, 9) if smoke else (5000, 257, 129)
+    data, x = _problem(n, d, b, 0)
+    dev_data, dev_x = data.to(device), x.to(device)
+    den = fastgauss.EmpiricalDenoiser(dev_data)
+    for sigma in SIGMAS:
+        expected = ref.empirical_denoiser(x, torch.full((b,), sigma, dtype=torch.float64), data)
+        modes = {"ieee": 5e-5, "auto": 5e-5}
+        if sigma >= 5:  # the low-precision modes are only claimed where their bound holds
+            modes.update(tf32=1e-3, bf16=1e-2)
+        for mode, tol in modes.items():
+            got = den(dev_x, sigma, precision=mode)
+            chosen = f" (chose {den.last_precision})" if mode == "auto" else ""
+            report.check(f"empirical denoise {mode}", f"N={n} d={d} B={b} sigma={sigma}{chosen}",
+                         _rel(got, expected), tol)
+    pick = torch.arange(0, n, max(1, n // 7))
+    noisy = (data[pick] + 1e-3 * torch.randn(len(pick), d)).to(device)
+    report.check("empirical sigma=0.002 returns the training point", f"N={n} d={d}",
+                 _rel(den(noisy, 0.002), data[pick].double()), 1e-6)
+    if not smoke:
+        streamed = fastgauss.EmpiricalDenoiser(data.pin_memory())  # host memory, streamed to the GPU
+        report.check("empirical host-streamed equals device-resident", f"N={n} d={d} B={b}",
+                     _rel(streamed(dev_x, 0.5), den(dev_x, 0.5).double().cpu()), 1e-5)
+        v = torch.randn(b, d)
+        _, jv = den.jvp(dev_x[:4], 0.5, v[:4].to(device))
+        jac = [ref.empirical_jacobian(x[i], 0.5, data) for i in range(4)]
+        report.check("empirical jvp", f"N={n} d={d} B=4", _rel(jv, torch.stack([v[i].double() @ jac[i] for i in range(4)])),
+                     1e-4)
+    dist, idx = fastgauss.nearest_neighbors(dev_x, dev_data, k=3)
+    ref_dist, ref_idx = ref.nearest_neighbors(x, data, 3)
+    report.check("nearest neighbours (indices differ)", f"N={n} d={d} B={b} k=3",
+                 float((idx.cpu() != ref_idx).sum()), 0)
+    report.check("nearest neighbours distances", f"N={n} d={d} B={b} k=3", _rel(dist, ref_dist), 1e-6)
+
+
+def _paper(x, sigma, data):
+    return torch.softmax(-torch.cdist(x, data) ** 2 / (2 * sigma**2), dim=1) @ data
+
+
+def _sdpa(x, sigma, data):
+    bias = (-(data * data).sum(1) / (2 * sigma**2))[None, None, :]
+    return F.scaled_dot_product_attention(x[None], data[None], data[None], attn_mask=bias, scale=1 / sigma**2)[0]
+
+
+def time_empirical(report: Report, device) -> None:
+    n, d = 50_000, 3072
+    data = (torch.rand(n, d, device=device) * 2 - 1)
+    den = fastgauss.EmpiricalDenoiser(data)
+    for b in (64, 1024, 8192):
+        x = data[torch.randint(0, n, (b,), device=device)] + 0.3 * torch.randn(b, d, device=device)
+        flops = 4 * b * n * d
+        for sigma in SIGMAS:
+            case = f"N={n} d={d} B={b} sigma={sigma}"
+            report.time("paper materialized fp32", case, bench_ms(lambda: _paper(x, sigma, data)), flops=flops)
+            report.time("sdpa (shared sigma)", case, bench_ms(lambda: _sdpa(x, sigma, data)), flops=flops,
+                        baseline="paper materialized fp32")
+            for mode in ("ieee", "auto"):
+                ms = bench_ms(lambda: den(x, sigma, precision=mode))
+                label = f"fastgauss {mode}" + (f" (chose {den.last_precision})" if mode == "auto" else "")
+                report.time(label, case, ms, flops=flops, baseline="paper materialized fp32")
+        dist_case = f"N={n} d={d} B={b} k=2"
+        report.time("torch.cdist + topk", dist_case,
+                    bench_ms(lambda: torch.cdist(x, data).topk(2, dim=1, largest=False)), flops=2 * b * n * d)
+        report.time("fastgauss nearest_neighbors", dist_case,
+                    bench_ms(lambda: fastgauss.nearest_neighbors(x, data, k=2)), flops=2 * b * n * d,
+                    baseline="torch.cdist + topk")
+    del den, data
+    torch.cuda.empty_cache()
+    _time_host_streamed(report, device)
+
+
+def _time_host_streamed(report: Report, device, n: int = 1_000_000, d: int = 3072, b: int = 1024) -> None:
+    """A training set of a million rows in pinned host memory, streamed through the GPU."""
+    host = torch.empty(n, d, pin_memory=True)
+    for start in range(0, n, 65536):
+        host[start:start + 65536].copy_(torch.rand(min(65536, n - start), d, device=device) * 2 - 1)
+    den = fastgauss.EmpiricalDenoiser(host)
+    x = torch.rand(b, d, device=device) * 2 - 1
+    ms = bench_ms(lambda: den(x, 1.0), warmup_ms=1, rep_ms=1)
+    report.time("fastgauss host-streamed", f"N={n} d={d} B={b} sigma=1 (host memory)", ms, flops=4 * b * n * d,
+                nbytes=n * d * 4)
