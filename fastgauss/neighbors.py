@@ -5,13 +5,36 @@ from __future__ import annotations
 import torch
 
 from ._arrays import as_float, as_tensor, check_finite, flatten_batch
+from ._backend import backend_for
 
 #: Bytes of the [B, chunk] distance block per chunk of data rows.
 _WORKSPACE_BYTES = 32 << 20
 
 
+def _centred_norms(rows: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """|y_i - c|^2 in float64, in chunks: [N]."""
+    return torch.cat([((rows[s:s + 65536].to(torch.float64) - center) ** 2).sum(1)
+                      for s in range(0, rows.shape[0], 65536)])
+
+
+def _kernel_candidates(x: torch.Tensor, data: torch.Tensor, count: int) -> torch.Tensor:
+    from .kernels.neighbors import nn_candidates
+
+    center = data.mean(0, dtype=torch.float64)
+    xc = (x.to(torch.float64) - center)
+    rows = data if data.stride(1) == 1 else data.contiguous()
+    return nn_candidates(xc.float().contiguous(), (xc**2).sum(1).float(), rows, center.float(),
+                         _centred_norms(data, center).float(), count)
+
+
 def _candidates(x: torch.Tensor, data: torch.Tensor, count: int, dtype) -> torch.Tensor:
     """Indices [B, count] of the ``count`` smallest distances by the product formula, streamed."""
+    if (dtype == torch.float32 and data.dtype == torch.float32 and data.device == x.device
+            and backend_for(x) == "triton"):
+        from .kernels.neighbors import MAX_CANDIDATES
+
+        if count <= MAX_CANDIDATES:
+            return _kernel_candidates(x, data, count)
     center = data.mean(0, dtype=torch.float64).to(dtype)
     xc = x.to(dtype) - center
     rows = max(16, _WORKSPACE_BYTES // (4 * max(1, x.shape[0]) + 4 * data.shape[1]))

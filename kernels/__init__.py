@@ -5,4 +5,4 @@ contiguous tensors, allocates what it needs, picks the grid and launches. Each m
 lists its launch configurations in ``gate_entries()`` for the compile gate (``check.py``).
 """
 
-KERNEL_MODULES = ("moments", "gaussian", "empirical")
+KERNEL_MODULES = ("moments", "gaussian", "empirical", "neighbors")

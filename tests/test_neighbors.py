@@ -23,7 +23,23 @@ def test_matches_brute_force_float64(n, d, batch, k, seed):
     assert rel_err(dist, ref_dist) < 1e-6
 
 
-def test_ties_go_to_the_lower_index():
+@pytest.mark.parametrize("n,d,batch,k", [(130, 7, 3, 3), (64, 129, 33, 5), (600, 5, 2, 40)])
+def test_triton_candidates_match_brute_force(monkeypatch, n, d, batch, k):
+    """The fused distance + running top-k kernel (interpreted: its sorts are slow, sizes small).
+    130 rows: two full tiles and a ragged one; 33 queries: two query blocks; 600 rows: several
+    tiles per program (the running merge), k = 40 of 64 slots."""
+    monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
+    g = torch.Generator().manual_seed(n)
+    data = torch.rand(n, d, generator=g) * 2 - 1
+    data[7] = data[3]  # an exact tie: the lower index must come first
+    x = torch.cat([data[3:4] + 1e-3, torch.rand(batch - 1, d, generator=g) * 2 - 1])
+    dist, idx = fastgauss.nearest_neighbors(x, data, k=k)
+    ref_dist, ref_idx = ref.nearest_neighbors(x, data, k)
+    assert torch.equal(idx, ref_idx)
+    assert rel_err(dist, ref_dist) < 1e-6
+
+
+def test_ties_go_to_the_lower_index(backend):
     data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
     dist, idx = fastgauss.nearest_neighbors(torch.zeros(1, 2), data, k=5)
     assert idx.tolist() == [[0, 1, 2, 3, 4]] and torch.allclose(dist, torch.ones(1, 5))
