@@ -10,29 +10,16 @@ its own (m, l, acc); the launcher merges the splits exactly (log-sum-exp), deter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
+
+from ._common import TileConfig, centred_dots, load_centred_rows, mma, multiprocessors
 
 #: (distance products, weighted-sum products): explicit modes use one precision for both; "auto"
 #: (in fastgauss.empirical) lowers the distances only where provably harmless and keeps the sum
 #: at about fp32 accuracy on tensor cores (tf32x3).
 MODES = (("ieee", "ieee"), ("tf32", "tf32"), ("bf16", "bf16"), ("tf32", "tf32x3"), ("bf16", "tf32x3"))
-
-
-@triton.jit
-def _mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    if PRECISION == "bf16":
-        if EMULATE_BF16:  # the interpreter's bf16 dot is broken; bf16 x bf16 products are exact in fp32
-            result = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc,
-                            input_precision="ieee")
-        else:
-            result = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
-    else:
-        result = tl.dot(a, b, acc, input_precision=PRECISION)
-    return result
 
 
 @triton.jit
@@ -62,17 +49,8 @@ def _empirical_partial_kernel(
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        y_rows = y_ptr + rows.to(tl.int64)[:, None] * stride_y
-        logits = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, dim, BLOCK_K):
-            ks = k0 + offs_k
-            mask_k = ks < dim
-            x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
-                        mask=mask_q[:, None] & mask_k[None, :], other=0.0)
-            c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
-            y = tl.load(y_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
-            logits = _mma(x, tl.trans(y), logits, QK_PRECISION, EMULATE_BF16)
+        logits = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                              QK_PRECISION, EMULATE_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
         norms = tl.load(norms_ptr + rows, mask=mask_n, other=0.0)
         logits = (logits - 0.5 * norms[None, :]) * inv_var[:, None]
         logits = tl.where(mask_n[None, :], logits, float("-inf"))
@@ -84,37 +62,20 @@ def _empirical_partial_kernel(
         for k0 in range(0, dim, BLOCK_K):
             ks = k0 + offs_k
             mask_k = ks < dim
-            c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
-            y = tl.load(y_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
+            y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
             acc_ptrs = acc_base + ks[None, :]
             mask_acc = mask_q[:, None] & mask_k[None, :]
             acc = tl.load(acc_ptrs, mask=mask_acc, other=0.0) * alpha[:, None]
-            acc = _mma(p, y, acc, PV_PRECISION, EMULATE_BF16)
+            acc = mma(p, y, acc, PV_PRECISION, EMULATE_BF16)
             tl.store(acc_ptrs, acc, mask=mask_acc)
     tl.store(m_ptr + split * n_queries + q, m_i, mask=mask_q)
     tl.store(l_ptr + split * n_queries + q, l_i, mask=mask_q)
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
 
 
 #: Launch configurations by product family; the compile gate builds each of them.
 CONFIGS = {"fma": TileConfig(64, 32, 16, 8, 2), "mma": TileConfig(64, 64, 16, 8, 2)}
 #: Upper bound on the per-split fp32 scratch (splits x B x d).
 _SCRATCH_BYTES = 512 << 20
-
-
-def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # interpreter: enough to exercise the split merge
 
 
 def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
@@ -131,7 +92,7 @@ def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tenso
     n_data = data.shape[0]
     cfg = CONFIGS["fma" if precision == ("ieee", "ieee") else "mma"]
     query_blocks = triton.cdiv(n_queries, cfg.block_m)
-    want = triton.cdiv(2 * _multiprocessors(xc.device), query_blocks)
+    want = triton.cdiv(2 * multiprocessors(xc.device), query_blocks)
     fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
     splits = max(1, min(want, fit, triton.cdiv(n_data, cfg.block_n)))
     rows_per_split = triton.cdiv(n_data, splits)

@@ -12,29 +12,14 @@ needs every column of C: fusing them would need a grid-wide barrier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from ._common import TileConfig, mma
+
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = {"denoised": 0, "score": 1, "eps": 2}
-
-
-@triton.jit
-def _mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """acc + a @ b in the precision mode; bf16 operands are emulated exactly in fp32 under the
-    interpreter (whose bf16 dot is broken): a product of two bf16 values is exact in fp32."""
-    if PRECISION == "bf16":
-        if EMULATE_BF16:
-            result = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc,
-                            input_precision="ieee")
-        else:
-            result = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
-    else:
-        result = tl.dot(a, b, acc, input_precision=PRECISION)
-    return result
 
 
 @triton.jit
@@ -70,7 +55,7 @@ def _project_kernel(
         centred = tl.where(mask_m[:, None] & mask_k[None, :], x - mu[None, :], 0.0)
         u = tl.load(u_ptr + ks[:, None].to(tl.int64) * stride_u + cols[None, :],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(centred, u, acc, PRECISION, EMULATE_BF16)
+        acc = mma(centred, u, acc, PRECISION, EMULATE_BF16)
     lam = tl.load(eigvals_ptr + cols, mask=mask_n, other=0.0)
     lam_rest = tl.load(rest_ptr)
     mask = mask_m[:, None] & mask_n[None, :]
@@ -107,7 +92,7 @@ def _reconstruct_kernel(
         cs = tl.load(cs_ptr + m[:, None] * rank + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         u_t = tl.load(u_ptr + cols[None, :].to(tl.int64) * stride_u + ks[:, None],
                       mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(cs, u_t, acc, PRECISION, EMULATE_BF16)
+        acc = mma(cs, u_t, acc, PRECISION, EMULATE_BF16)
     row = m % n_rows
     sigma = tl.load(sigma_ptr + row * n_levels + m // n_rows, mask=mask_m, other=1.0)
     base = _shrink(tl.load(rest_ptr), sigma)  # a(sigma): weight of the directions outside span(U)
@@ -123,15 +108,6 @@ def _reconstruct_kernel(
     else:
         result = -moved / sigma[:, None]
     tl.store(out_ptr + m[:, None] * dim + cols[None, :], result, mask=mask)
-
-
-@dataclass(frozen=True)
-class TileConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
 
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.

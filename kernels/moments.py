@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import multiprocessors
+
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
@@ -116,12 +118,6 @@ def _num_tiles(dim_a: int, dim_b: int, block: int, symmetric: bool) -> int:
     return tiles_a * (tiles_a + 1) // 2 if symmetric else tiles_a * tiles_b
 
 
-def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: small, but enough to exercise the split path
-
-
 def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision="ieee"):
     """Accumulate a centred Gram (or cross-Gram) product into a float64 matrix in place.
 
@@ -145,7 +141,7 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
     cfg = CONFIGS[choose_config(dim_a, dim_b)]
     tiles = _num_tiles(dim_a, dim_b, cfg.block, symmetric)
     # Few tiles: split the rows across more programs, each with its own scratch slice.
-    want_splits = math.ceil(2 * _multiprocessors(a.device) / tiles)
+    want_splits = math.ceil(2 * multiprocessors(a.device) / tiles)
     fit_splits = max(1, _SPLIT_SCRATCH_BYTES // (4 * dim_a * dim_b))
     useful_splits = max(1, n // (8 * cfg.block_k))
     max_splits = max(1, min(want_splits, fit_splits, useful_splits))

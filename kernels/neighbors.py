@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import centred_dots, multiprocessors
+
 _EMPTY = tl.constexpr(9223372036854775807)  # int64 max: an empty slot sorts last
 
 
@@ -31,7 +33,6 @@ def _nn_candidates_kernel(
     q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_q = q < n_queries
     offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     x_norms = tl.load(x_norms_ptr + q, mask=mask_q, other=0.0)
     row_start = split * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n_data)
@@ -39,17 +40,8 @@ def _nn_candidates_kernel(
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, dim, BLOCK_K):
-            ks = k0 + offs_k
-            mask_k = ks < dim
-            x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
-                        mask=mask_q[:, None] & mask_k[None, :], other=0.0)
-            c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
-            y = tl.load(y_ptr + rows.to(tl.int64)[:, None] * stride_y + ks[None, :],
-                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            y = tl.where(mask_n[:, None] & mask_k[None, :], y - c[None, :], 0.0)
-            dots = tl.dot(x, tl.trans(y), dots, input_precision="ieee")
+        dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                            "ieee", False, BLOCK_M, BLOCK_N, BLOCK_K)
         y_norms = tl.load(y_norms_ptr + rows, mask=mask_n, other=0.0)
         dist = tl.maximum(x_norms[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
         key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | rows.to(tl.int64)[None, :]
@@ -64,12 +56,6 @@ BLOCK_M, BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 32, 64, 16, 8, 2
 MAX_CANDIDATES = BLOCK_N
 
 
-def _multiprocessors(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # interpreter: enough to exercise the split merge
-
-
 def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
                   y_norms: torch.Tensor, count: int) -> torch.Tensor:
     """Indices [B, count] of the smallest fp32 distances, ties to the lower index.
@@ -80,7 +66,7 @@ def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, c
     n_queries, dim = xc.shape
     n_data = data.shape[0]
     query_blocks = triton.cdiv(n_queries, BLOCK_M)
-    splits = max(1, min(triton.cdiv(2 * _multiprocessors(xc.device), query_blocks), triton.cdiv(n_data, BLOCK_N)))
+    splits = max(1, min(triton.cdiv(2 * multiprocessors(xc.device), query_blocks), triton.cdiv(n_data, BLOCK_N)))
     rows_per_split = triton.cdiv(n_data, splits)
     splits = triton.cdiv(n_data, rows_per_split)
     keys = torch.empty((splits, n_queries, BLOCK_N), dtype=torch.int64, device=xc.device)

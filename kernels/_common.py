@@ -1,0 +1,71 @@
+"""Pieces shared by the kernel families: the product-mode dot, tile configs, device size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + a @ b in a product mode: "ieee", "tf32", "tf32x3" (input_precision) or "bf16"
+    (operands rounded to bf16, fp32 accumulation). The interpreter's bf16 dot is broken, so
+    there bf16 is emulated exactly in fp32: a product of two bf16 values is exact in fp32."""
+    if PRECISION == "bf16":
+        if EMULATE_BF16:
+            result = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc,
+                            input_precision="ieee")
+        else:
+            result = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        result = tl.dot(a, b, acc, input_precision=PRECISION)
+    return result
+
+
+@triton.jit
+def load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y):
+    """Tile [len(rows), len(ks)] of y - c; padded rows and columns are exactly zero."""
+    c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)
+    mask = mask_n[:, None] & mask_k[None, :]
+    y = tl.load(y_ptr + rows.to(tl.int64)[:, None] * stride_y + ks[None, :], mask=mask, other=0.0)
+    return tl.where(mask, y - c[None, :], 0.0)
+
+
+@triton.jit
+def centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                 PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] products x' . (y - c) of centred queries (rows q of xc, [B, d]
+    contiguous) with data rows ``rows`` of y (row stride stride_y), centred here on c."""
+    offs_k = tl.arange(0, BLOCK_K)
+    dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, dim, BLOCK_K):
+        ks = k0 + offs_k
+        mask_k = ks < dim
+        x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
+                    mask=mask_q[:, None] & mask_k[None, :], other=0.0)
+        y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
+        dots = mma(x, tl.trans(y), dots, PRECISION, EMULATE_BF16)
+    return dots
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration: tile sizes, warps per program, pipeline depth."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 2 for the interpreter (enough to exercise
+    the paths that split work across programs)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
