@@ -151,3 +151,11 @@ def test_auto_lowers_only_the_distances_and_keeps_weights_within_the_bound(monke
     assert rel_err(out, ref.empirical_denoiser(x, torch.full((5,), 300.0), data)) < 1e-4
     den(x, 0.01)
     assert den.last_precision == "ieee"
+
+
+def test_wide_features_d_1000(backend):
+    g = torch.Generator().manual_seed(8)
+    data = torch.rand(129, 1000, generator=g) * 2 - 1
+    x = data[:5] + 0.2 * torch.randn(5, 1000, generator=g)
+    sigma = torch.tensor([0.002, 0.5, 3.0, 10.0, 80.0])
+    assert rel_err(fastgauss.empirical_denoise(x, sigma, data), ref.empirical_denoiser(x, sigma, data)) < 5e-5
