@@ -7,16 +7,23 @@ Public API (see README.md for a tour):
     empirical_denoise, EmpiricalDenoiser   the memorizing (training-set) optimal denoiser, streamed
     nearest_neighbors, gl_score, memorization_ratio   memorization metrics
     edm_sigmas, sample_euler, sample_heun   EDM schedule and samplers for any denoiser
+    jvp, linearity_score, denoiser_rmse, distill_linear, jacobian_spectrum, subspace_alignment
+                       linearity and Jacobian diagnostics of any denoiser
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
 from .empirical import EmpiricalDenoiser, empirical_denoise
 from .gaussian_denoiser import GaussianDenoiser
 from .gaussian_op import gaussian_denoise
+from .distill import distill_linear
+from .jacobian import jacobian_spectrum, subspace_alignment
+from .jvp import jvp
+from .linearity import denoiser_rmse, linearity_score
 from .moments import Moments
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .sampling import edm_sigmas, sample_euler, sample_heun
 
-__all__ = ["EmpiricalDenoiser", "GaussianDenoiser", "Moments", "edm_sigmas", "empirical_denoise", "gaussian_denoise",
-           "gl_score", "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun"]
+__all__ = ["EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
+           "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
+           "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment"]
 __version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The Jacobian of a denoiser seen through its top singular subspace, and subspace alignment."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ._arrays import as_float, as_tensor
+from .jvp import check_output
+
+
+def _orthonormal(columns: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(columns)[0]
+
+
+def jacobian_spectrum(denoiser, x, sigma, k: int, *, oversample: int = 10, iters: int = 8,
+                      generator: torch.Generator | None = None):
+    """Top-k singular values and vectors of J = dD/dx at one input, by randomized subspace iteration.
+
+    x: [*feature_shape] or [1, *feature_shape]; only J v (forward mode) and J^T u (reverse
+    mode) are evaluated, k + oversample of them at a time: no d x d matrix for a network.
+    Returns (S [k] descending, U [d, k] left and V [d, k] right singular vectors), float64.
+    """
+    x = as_float(as_tensor(x, "x"))
+    if x.dim() >= 2 and x.shape[0] == 1:
+        x = x[0]
+    d = x.numel()
+    if not (isinstance(k, int) and 1 <= k <= d):
+        raise ValueError(f"k: expected an integer from 1 to d = {d}, got {k!r}")
+    width = min(d, k + oversample)
+
+    def f(flat):  # [d] -> [d]
+        inp = flat.reshape(1, *x.shape)
+        return check_output(denoiser(inp, sigma), inp, sigma).reshape(-1)
+
+    flat = x.reshape(-1)
+    with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode derivative
+        return _randomized_svd(f, flat, d, k, width, iters, generator)
+
+
+def _randomized_svd(f, flat, d, k, width, iters, generator):
+    jvp_many = torch.func.vmap(lambda t: torch.func.jvp(f, (flat,), (t.to(flat.dtype),))[1])
+    _, vjp_fn = torch.func.vjp(f, flat)
+    vjp_many = torch.func.vmap(lambda t: vjp_fn(t.to(flat.dtype))[0])
+    probes = torch.randn(d, width, generator=generator, dtype=torch.float64).to(flat.device)
+    q = _orthonormal(jvp_many(probes.T).T.double())  # range of J
+    for _ in range(iters):  # power iterations sharpen the top of the spectrum
+        q = _orthonormal(vjp_many(q.T).T.double())
+        q = _orthonormal(jvp_many(q.T).T.double())
+    small = vjp_many(q.T).double()  # [width, d] = Q^T J
+    u_small, s, vh = torch.linalg.svd(small, full_matrices=False)
+    return s[:k], (q @ u_small)[:, :k], vh[:k].T
+
+
+def subspace_alignment(a, b) -> torch.Tensor:
+    """Cosines of the principal angles between span(a) and span(b), largest first.
+
+    a: [d, k1], b: [d, k2] (any bases, orthonormalized here). Returns [min(k1, k2)]; all 1
+    when one subspace contains the other.
+    """
+    a, b = (as_float(as_tensor(t, n)).double() for t, n in ((a, "a"), (b, "b")))
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"a, b: expected bases [d, k] with one d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    cosines = torch.linalg.svdvals(_orthonormal(a).T @ _orthonormal(b.to(a.device)))
+    return cosines.clamp(max=1.0)
