@@ -92,9 +92,33 @@ def time_empirical(report: Report, device) -> None:
         report.time("fastgauss nearest_neighbors", dist_case,
                     bench_ms(lambda: fastgauss.nearest_neighbors(x, data, k=2)), flops=2 * b * n * d,
                     baseline="torch.cdist + topk")
+    _largest_batch(report, den, data)
     del den, data
     torch.cuda.empty_cache()
     _time_host_streamed(report, device)
+
+
+def _largest_batch(report: Report, den, data, sigma: float = 1.0, limit: int = 1 << 18) -> None:
+    """The largest B (doubling from 8192) each method runs at N x d before the device runs out."""
+    largest = {}
+    for name, fn in (("paper materialized fp32", lambda x: _paper(x, sigma, data)),
+                     ("fastgauss ieee", lambda x: den(x, sigma))):
+        b, ok = 8192, 0
+        while b <= limit:
+            try:
+                x = data[torch.randint(0, data.shape[0], (b,), device=data.device)]
+                fn(x)
+                torch.cuda.synchronize()
+                ok = b
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                x = None
+                torch.cuda.empty_cache()
+            b *= 2
+        largest[name] = {"B": ok, "B x N": ok * data.shape[0], "reached_limit": ok == limit}
+        print(f"[size] {name}: largest B = {ok} at N={data.shape[0]} d={data.shape[1]}", flush=True)
+    report.meta["largest_batch"] = largest
 
 
 def _time_host_streamed(report: Report, device, n: int = 1_000_000, d: int = 3072, b: int = 1024) -> None:

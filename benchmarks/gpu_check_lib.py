@@ -69,6 +69,8 @@ class Report:
         peaks = meta.get("peaks")
         if peaks:
             lines.append("measured peaks: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
+        standard = {"date", "commit", "device", "torch", "triton", "python", "fastgauss", "peaks"}
+        lines += [f"{key}: {value}" for key, value in meta.items() if key not in standard]
         lines += ["", f"{'check':<40} {'case':<34} {'error':>10} {'tol':>8}  result"]
         for c in self.checks:
             lines.append(f"{c.name:<40} {c.case:<34} {c.error:>10.2e} {c.tolerance:>8.0e}  "
