@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from . import _gaussian_torch as gt
-from ._arrays import as_float, as_tensor, flatten_batch, inspectable
-from .gaussian_op import denoise_validated, normalize_sigma, validate_gaussian
+from ._arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from .gaussian_op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
 from .moments import Moments
 
 REMAINDERS = ("zero", "isotropic")
@@ -98,7 +98,13 @@ class GaussianDenoiser(nn.Module):
         if cov.shape != (d, d):
             raise ValueError(f"covariance: expected shape [{d}, {d}] for a mean of {d} features, got "
                              f"{tuple(cov.shape)}")
+        scale = cov.abs().max().clamp_min(1e-300)
+        if (cov - cov.T).abs().max() > 1e-6 * scale:
+            raise ValueError("covariance: not symmetric (beyond rounding)")
         eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)
+        if eigvals.numel() and eigvals.min() < -1e-6 * eigvals.abs().max().clamp_min(1e-300):
+            raise ValueError(f"covariance: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
+                             "not a valid covariance")
         eigvals, eigvecs, lam_rest = _truncate(eigvals.flip(0), eigvecs.flip(1), rank, remainder)
         kwargs.setdefault("feature_shape", tuple(mean.shape))
         return cls(mean, eigvals, eigvecs, lam_rest=lam_rest, **kwargs)
@@ -159,7 +165,8 @@ class GaussianDenoiser(nn.Module):
             raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
                              f"got {tuple(v.shape)}")
         denoised = self.forward(x, sigma, precision=precision)
-        grid, multi = normalize_sigma(sigma, x.shape[0], x.device)
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device,
+                                      torch.float64 if x.dtype == torch.float64 else torch.float32)
         if multi:
             raise ValueError("sigma: jvp takes one level per sample (a float, 0-d or [B]), not a grid")
         k = v.shape[0] if probes else 1
@@ -213,7 +220,7 @@ class GaussianDenoiser(nn.Module):
             return None
         if not inspectable(x):
             return None
-        grid, multi = normalize_sigma(sigma, x.shape[0], x.device)  # validates
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device, torch.float64)  # validates
         if multi or grid.numel() == 0 or not bool((grid == grid[0, 0]).all()):
             return None
         return float(grid[0, 0])
@@ -238,7 +245,7 @@ class GaussianDenoiser(nn.Module):
         base = gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64))
         weight = gt.shrink(self.eigvals.to(torch.float64), torch.tensor(level, dtype=torch.float64)) - base
         dtype = torch.bfloat16 if (precision == "bf16" or self.eigvecs.dtype == torch.bfloat16) else self.mean.dtype
-        operator = ((u * weight) @ u.T).to(dtype)
+        operator = ((u * weight) @ u.T).to(dtype)  # float64 buffers keep a float64 operator
         self._operators[key] = operator
         while sum(w.numel() * w.element_size() for w in self._operators.values()) > self.operator_cache_bytes:
             self._operators.popitem(last=False)
@@ -247,17 +254,22 @@ class GaussianDenoiser(nn.Module):
     def _operator_route(self, x: torch.Tensor, level: float, output: str, precision: str | None) -> torch.Tensor:
         if output not in gt.OUTPUTS:
             raise ValueError(f"output: expected one of {', '.join(gt.OUTPUTS)}, got {output!r}")
+        if precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
         if output != "denoised" and level == 0:
             raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
-        operator = self._operator(level, precision)
         flat = flatten_batch(x, "x")
-        centred = flat.to(self.mean.dtype) - self.mean
+        check_finite(flat, "x")
+        operator = self._operator(level, precision)
+        dtype = torch.promote_types(flat.dtype, self.mean.dtype)
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        centred = flat.to(dtype) - self.mean.to(dtype)
         base = float(gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64)))
         tf32 = precision == "tf32"
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
-            product = (centred.to(operator.dtype) @ operator).to(centred.dtype)
+            product = (centred.to(operator.dtype) @ operator).to(dtype)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
         moved = (base - 1) * centred + product

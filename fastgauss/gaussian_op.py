@@ -170,6 +170,7 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
     mean, eigvecs, eigvals = (as_float(as_tensor(t, name)).to(x.device) for t, name in
                               ((mean, "mean"), (eigvecs, "eigvecs"), (eigvals, "eigvals")))
     validate_gaussian(mean, eigvecs, eigvals, d)
+    eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
     if not (math.isfinite(remainder) and remainder >= 0):
         raise ValueError(f"remainder: expected an eigenvalue >= 0, got {remainder!r}")
     lam_rest = torch.tensor(float(remainder), dtype=eigvals.dtype, device=x.device)

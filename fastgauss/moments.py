@@ -16,8 +16,8 @@ _STATE_VERSION = 1
 
 
 def _gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision):
-    """out += (a - a_shift)^T (b - b_shift) on the backend that suits ``a``."""
-    if backend_for(a) == "triton":
+    """out += (a - a_shift)^T (b - b_shift) on the backend that suits ``a`` (float64: PyTorch)."""
+    if a.dtype != torch.float64 and backend_for(a) == "triton":
         from .kernels.moments import centered_gram_accumulate
         convert = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
         return centered_gram_accumulate(out, convert(a), convert(a_shift), convert(b), convert(b_shift),

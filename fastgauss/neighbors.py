@@ -35,7 +35,7 @@ def _candidates(x: torch.Tensor, data: torch.Tensor, count: int, dtype) -> torch
 
         if count <= MAX_CANDIDATES:
             return _kernel_candidates(x, data, count)
-    center = data.mean(0, dtype=torch.float64).to(dtype)
+    center = data.mean(0, dtype=torch.float64).to(device=x.device, dtype=dtype)
     xc = x.to(dtype) - center
     rows = max(16, _WORKSPACE_BYTES // (4 * max(1, x.shape[0]) + 4 * data.shape[1]))
     best_d = torch.empty(x.shape[0], 0, dtype=dtype, device=x.device)
@@ -84,6 +84,11 @@ def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Te
     n = flat_data.shape[0]
     if not (isinstance(k, int) and 1 <= k <= n):
         raise ValueError(f"k: expected an integer from 1 to N = {n} (the training set size), got {k!r}")
+    if not (isinstance(margin, int) and margin >= 0):
+        raise ValueError(f"margin: expected an integer >= 0, got {margin!r}")
+    if flat_x.shape[0] == 0:
+        return (torch.empty(0, k, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device),
+                torch.empty(0, k, dtype=torch.long, device=x.device))
     check_finite(flat_x, "x")
     for start in range(0, n, 1 << 16):
         check_finite(flat_data[start:start + (1 << 16)], "data")

@@ -37,6 +37,8 @@ def _check_schedule(latents, sigmas):
         raise ValueError("sigmas: expected at least 2 finite levels >= 0, starting above 0 (edm_sigmas(n))")
     if (sig[1:] > sig[:-1]).any():
         raise ValueError("sigmas: must not increase")
+    if (sig[:-1] <= 0).any():
+        raise ValueError("sigmas: only the last level may be 0 (every step divides by its level)")
     return latents, sig.tolist()
 
 
