@@ -284,7 +284,7 @@ def test_shared_sigma_operator_route_matches_the_formula(output):
     assert den._operator_pays(64, 0.3, None)  # r > d / 2 and a large batch: one product is cheaper
     got = den(x, 0.3, output=output)
     assert len(den._operators) == 1
-    den(x, torch.full((64,), 0.3), output=output)  # same level: reuses the cached operator
+    den(x, torch.full((64,), 0.3, dtype=torch.float64), output=output)  # same level: reuses the operator
     assert len(den._operators) == 1
     moved = ref.gaussian_denoiser(x, torch.full((64,), 0.3), mean, vals[:30], vecs[:, :30], vals[30:].mean().item()) - x
     expected = {"denoised": x + moved, "score": moved / 0.09, "eps": -moved / 0.3}[output]
