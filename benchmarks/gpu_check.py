@@ -23,12 +23,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ("moments", "gaussian", "empirical")
 
 
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for results.json and table.txt")
     parser.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny sizes, no timings")
+    parser.add_argument("--only", action="append", choices=FAMILIES,
+                        help="run only this kernel family (repeatable; default: all)")
     return parser.parse_args(argv)
 
 
@@ -84,13 +87,14 @@ def main(argv=None) -> int:
     })
     if not args.smoke:
         report.meta["peaks"] = measure_peaks(device)
-    check_moments(report, device, smoke=args.smoke)
-    check_gaussian(report, device, smoke=args.smoke)
-    check_empirical(report, device, smoke=args.smoke)
+    families = {"moments": (check_moments, time_moments), "gaussian": (check_gaussian, time_gaussian),
+                "empirical": (check_empirical, time_empirical)}
+    chosen = args.only or FAMILIES
+    for name in chosen:
+        families[name][0](report, device, smoke=args.smoke)
     if not args.smoke:
-        time_moments(report, device)
-        time_gaussian(report, device)
-        time_empirical(report, device)
+        for name in chosen:
+            families[name][1](report, device)
     args.out.mkdir(parents=True, exist_ok=True)
     table = report.table()
     (args.out / "results.json").write_text(json.dumps(report.as_dict(), indent=2))

@@ -87,7 +87,7 @@ class Report:
         return "\n".join(lines)
 
 
-def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:
+def bench_ms(fn, *, warmup_ms: int = 50, rep_ms: int = 200) -> float:
     """Median time of fn() in milliseconds, measured with CUDA events (triton.testing.do_bench)."""
     from triton.testing import do_bench
 
