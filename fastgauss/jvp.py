@@ -59,15 +59,18 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     def f(inp):
         return check_output(denoiser(inp, sigma), inp, sigma)
 
-    with torch.no_grad():
-        denoised = f(x)
     step = vk.shape[0] if chunk is None else chunk
-    parts = []
+    parts, denoised = [], None
     # Fused attention kernels have no forward-mode derivative; the math one does.
+    # Not under no_grad: nn.MultiheadAttention then takes a fused path with no forward mode.
     with sdpa_kernel(SDPBackend.MATH):
         for block in vk.split(step):
-            parts.append(torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(block))
+            # the primal is unbatched under vmap: computed once per block, kept from the first
+            primal, tangents = torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,)), out_dims=(None, 0))(block)
+            denoised = primal if denoised is None else denoised
+            parts.append(tangents)
     jv = torch.cat(parts)
+    check_output(denoised, x, sigma)
     if not torch.isfinite(jv).all():
         raise ValueError(f"denoiser: its Jacobian-vector products are not finite at sigma={_sigma_text(sigma)}")
     return denoised, (jv if probes else jv[0])
