@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import _empirical_torch as et
+from . import _rows
 from ._arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
 from ._backend import backend_for
 
@@ -37,8 +38,7 @@ class TrainingSet:
         self.chunk_rows = chunk_rows
         if self.rows.shape[0] == 0 and group is None:
             raise ValueError("data: the training set is empty")
-        for start in range(0, self.rows.shape[0], 1 << 16):  # bounded memory for the check
-            check_finite(self.rows[start:start + (1 << 16)], "data")
+        _rows.check_finite_rows(self.rows, "data")
         self.center = self._global_mean()
         self.last_precision: str | None = None
         self._norms: dict = {}
@@ -50,10 +50,7 @@ class TrainingSet:
         return self.rows.shape[1]
 
     def _global_mean(self) -> torch.Tensor:
-        # in chunks: a float64 copy of a large host-resident set would not fit
-        total = torch.zeros(self.dim, dtype=torch.float64, device=self.rows.device)
-        for start in range(0, self.rows.shape[0], 1 << 16):
-            total += self.rows[start:start + (1 << 16)].sum(0, dtype=torch.float64)
+        total = _rows.mean(self.rows) * self.rows.shape[0]
         count = torch.tensor([float(self.rows.shape[0])], dtype=torch.float64, device=total.device)
         if self.group is not None:
             import torch.distributed as dist
@@ -67,10 +64,7 @@ class TrainingSet:
     def centred_norms(self, dtype) -> torch.Tensor:
         """|y_i - c|^2 for every row: [N], computed once in float64 (the kernel's row norms)."""
         if dtype not in self._norms:
-            center = self.center.to(self.rows.device)
-            norms = torch.cat([((self.rows[s:s + 65536].to(torch.float64) - center) ** 2).sum(1)
-                               for s in range(0, self.rows.shape[0], 65536)])
-            self._norms[dtype] = norms.to(dtype)
+            self._norms[dtype] = _rows.centred_square_norms(self.rows, self.center).to(dtype)
         return self._norms[dtype]
 
     def resolve_precision(self, precision: str, xc: torch.Tensor, sigma: torch.Tensor) -> tuple[str, str]:

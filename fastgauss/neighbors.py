@@ -5,37 +5,33 @@ from __future__ import annotations
 import torch
 
 from ._arrays import as_float, as_tensor, check_finite, flatten_batch
+from . import _rows
 from ._backend import backend_for
 
 #: Bytes of the [B, chunk] distance block per chunk of data rows.
 _WORKSPACE_BYTES = 32 << 20
 
 
-def _centred_norms(rows: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """|y_i - c|^2 in float64, in chunks: [N]."""
-    return torch.cat([((rows[s:s + 65536].to(torch.float64) - center) ** 2).sum(1)
-                      for s in range(0, rows.shape[0], 65536)])
-
-
-def _kernel_candidates(x: torch.Tensor, data: torch.Tensor, count: int) -> torch.Tensor:
+def _kernel_candidates(x: torch.Tensor, data: torch.Tensor, center: torch.Tensor, count: int) -> torch.Tensor:
     from .kernels.neighbors import nn_candidates
 
-    center = data.mean(0, dtype=torch.float64)
-    xc = (x.to(torch.float64) - center)
+    xc = x.to(torch.float64) - center
     rows = data if data.stride(1) == 1 else data.contiguous()
     return nn_candidates(xc.float().contiguous(), (xc**2).sum(1).float(), rows, center.float(),
-                         _centred_norms(data, center).float(), count)
+                         _rows.centred_square_norms(data, center).float(), count)
 
 
-def _candidates(x: torch.Tensor, data: torch.Tensor, count: int, dtype) -> torch.Tensor:
-    """Indices [B, count] of the ``count`` smallest distances by the product formula, streamed."""
+def _candidates(x: torch.Tensor, data: torch.Tensor, center: torch.Tensor, count: int, dtype) -> torch.Tensor:
+    """Indices [B, count] of the ``count`` smallest distances by the product formula, streamed.
+
+    center: [d] float64 mean of the data, on x's device."""
     if (dtype == torch.float32 and data.dtype == torch.float32 and data.device == x.device
             and backend_for(x) == "triton"):
         from .kernels.neighbors import MAX_CANDIDATES
 
         if count <= MAX_CANDIDATES:
-            return _kernel_candidates(x, data, count)
-    center = data.mean(0, dtype=torch.float64).to(device=x.device, dtype=dtype)
+            return _kernel_candidates(x, data, center, count)
+    center = center.to(dtype)
     xc = x.to(dtype) - center
     rows = max(16, _WORKSPACE_BYTES // (4 * max(1, x.shape[0]) + 4 * data.shape[1]))
     best_d = torch.empty(x.shape[0], 0, dtype=dtype, device=x.device)
@@ -90,10 +86,10 @@ def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Te
         return (torch.empty(0, k, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device),
                 torch.empty(0, k, dtype=torch.long, device=x.device))
     check_finite(flat_x, "x")
-    for start in range(0, n, 1 << 16):
-        check_finite(flat_data[start:start + (1 << 16)], "data")
+    _rows.check_finite_rows(flat_data, "data")
     dtype = torch.float64 if torch.float64 in (x.dtype, data.dtype) else torch.float32
-    cand = _candidates(flat_x, flat_data, min(n, k + margin), dtype)  # [B, C]
+    center = _rows.mean(flat_data).to(x.device)
+    cand = _candidates(flat_x, flat_data, center, min(n, k + margin), dtype)  # [B, C]
     # Exact re-rank: distances computed directly, in float64, for the candidates only.
     rows = flat_data[cand.reshape(-1).to(flat_data.device)].to(device=x.device, dtype=torch.float64)
     exact = ((rows.reshape(*cand.shape, -1) - flat_x.to(torch.float64)[:, None, :]) ** 2).sum(-1)
