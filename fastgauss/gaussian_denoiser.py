@@ -123,8 +123,10 @@ class GaussianDenoiser(nn.Module):
 
         A batch that shares one sigma may take the operator route: one cached d x d matrix
         W = U diag(w - a) U^T per sigma, one product instead of two. It is chosen when it does
-        fewer flops (2 B d^2, plus 2 d^2 r to build W once, against 4 B d r: r > d / 2 once
-        cached) and W fits in ``operator_cache_bytes`` (0 turns the route off).
+        fewer flops counting the build (2 B d^2 + 2 d^2 r against 4 B d r: large batches with
+        r > d / 2), decided by (B, d, r) alone so results never depend on what was cached, and
+        when W fits in ``operator_cache_bytes`` (0 turns the route off). Cached operators of
+        the levels a sampling loop repeats save the build's time.
         """
         x = self._check_input(x)
         # Once cached, the operator route does 2 B d^2 flops against 4 B d r: only r > d / 2 can win.
@@ -230,11 +232,13 @@ class GaussianDenoiser(nn.Module):
         return level, precision, self.eigvecs.dtype, str(self.eigvecs.device), versions
 
     def _operator_pays(self, batch: int, level: float, precision: str | None) -> bool:
+        """Fewer flops with the operator, its build included? A function of (B, d, r) alone, so
+        that the same call gives the same bits whatever was cached before (the cache only
+        saves the build's time)."""
         d, r = self.dim, self.rank
         if 4 * d * d > self.operator_cache_bytes:
             return False
-        build = 0 if self._operator_key(level, precision) in self._operators else 2 * d * d * r
-        return 2 * batch * d * d + build < 4 * batch * d * r
+        return 2 * batch * d * d + 2 * d * d * r < 4 * batch * d * r
 
     def _operator(self, level: float, precision: str | None) -> torch.Tensor:
         key = self._operator_key(level, precision)

@@ -282,6 +282,7 @@ def test_shared_sigma_operator_route_matches_the_formula(output):
     vals, vecs = eig_desc(cov)
     x = torch.randn(64, 40, generator=g)
     assert den._operator_pays(64, 0.3, None)  # r > d / 2 and a large batch: one product is cheaper
+    assert not den._operator_pays(8, 0.3, None)  # a small batch does not pay for the build
     got = den(x, 0.3, output=output)
     assert len(den._operators) == 1
     den(x, torch.full((64,), 0.3, dtype=torch.float64), output=output)  # same level: reuses the operator
@@ -305,9 +306,21 @@ def test_operator_route_is_skipped_when_sigma_needs_a_gradient_and_cleared_on_to
     assert len(den._operators) == 0
     (grad_s,) = torch.autograd.grad(out.sum(), s)
     assert grad_s.abs().sum() > 0
+    assert den._operator_pays(50, 0.5, None)
     (grad_x,) = torch.autograd.grad(den(x, 0.5).sum(), x)  # operator route, differentiable in x
     assert len(den._operators) == 1
     jac = ref.gaussian_jacobian(0.5, den.eigvals, den.eigvecs)
     assert rel_err(grad_x, torch.ones(50, 20, dtype=torch.float64) @ jac) < FP32_TOL
     den.to(torch.float64)
     assert len(den._operators) == 0
+
+
+def test_same_call_same_bits_whatever_was_cached():
+    g = torch.Generator().manual_seed(15)
+    mean, cov = random_gaussian(24, "full", g)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov)
+    small, large = torch.randn(4, 24, generator=g), torch.randn(200, 24, generator=g)
+    before = den(small, 0.4)
+    den(large, 0.4)  # builds and caches the operator for this level
+    assert len(den._operators) == 1
+    assert torch.equal(den(small, 0.4), before)  # the small batch still takes its own route
