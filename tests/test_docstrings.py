@@ -1,0 +1,16 @@
+"""The examples in the public docstrings run as written."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
+           "fastgauss.neighbors", "fastgauss.jvp", "fastgauss.data"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{name} has no examples"
