@@ -40,3 +40,16 @@ def test_stats_on_npy_with_rank_and_ddof(tmp_path, capsys):
 def test_unknown_dataset_is_a_clear_error(capsys):
     assert main(["stats", "no-such-dataset", "--quiet"]) == 2
     assert "digits, faces, patches" in capsys.readouterr().err
+
+
+def test_train_command_runs_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--n", "40", "--width", "8", "--steps", "4", "--batch-size", "8",
+            "--eval-every", "2", "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    assert "memorization ratio" in capsys.readouterr().out
+    assert main([*args[:8], "6", *args[9:], "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3  # steps 2, 4, then 6
+    assert main([*args[:6], "16", *args[7:], "--resume"]) == 2  # another width: a clear error
+    assert "width=8" in capsys.readouterr().err
