@@ -1,5 +1,7 @@
 """The fastgauss command line."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -53,3 +55,17 @@ def test_train_command_runs_and_resumes(tmp_path, capsys):
     assert len((out / "log.jsonl").read_text().splitlines()) == 3  # steps 2, 4, then 6
     assert main([*args[:6], "16", *args[7:], "--resume"]) == 2  # another width: a clear error
     assert "width=8" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_in_a_reduced_mode(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "20", "--width", "8", "--small-n", "32", "--samples", "16", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "summary.md" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["models"]) == {"memorizing", "generalizing"}
+    assert summary["models"]["memorizing"]["n"] == 32 and summary["models"]["generalizing"]["n"] == 1797
+    for m in summary["models"].values():
+        assert len(m["rmse_gaussian"]) == len(m["sigma"]) == len(m["linearity"])
+    for name in ("summary.md", "distances.png", "samples.png"):
+        assert (out / name).stat().st_size > 500, name
