@@ -27,17 +27,27 @@ def split_disjoint(data: torch.Tensor, parts: int = 2, *, seed: int = 0) -> list
     return [data[order[i * size:(i + 1) * size]] for i in range(parts)]
 
 
-def training_batches(data: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches [batch_size, ...] (each epoch a new permutation from ``generator``).
+def batch_at(data: torch.Tensor, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
+    """The training batch of a step: [batch_size, ...], a pure function of (seed, step).
 
-    A dataset smaller than batch_size is sampled with repetition inside the batch.
+    Each epoch is a fresh permutation seeded by (seed, epoch), the remainder dropped; a dataset
+    smaller than batch_size is repeated inside the batch. Being stateless, a resumed run sees
+    exactly the batches an uninterrupted one would.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     n = data.shape[0]
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7) % (2**63 - 1)))
+    if n < batch_size:
+        order = order.repeat(-(-batch_size // n))
+    return data[order[k * batch_size:(k + 1) * batch_size].to(data.device)]
+
+
+def training_batches(data: torch.Tensor, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
+    """Endless ``batch_at`` batches from step ``start`` on."""
+    step = start
     while True:
-        order = torch.randperm(n, generator=generator)
-        if n < batch_size:
-            order = order.repeat(-(-batch_size // n))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield data[order[start:start + batch_size].to(data.device)]
+        yield batch_at(data, batch_size, step, seed)
+        step += 1

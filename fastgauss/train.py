@@ -24,7 +24,7 @@ from .linearity import denoiser_rmse, linearity_score
 from .moments import Moments
 from .neighbors import gl_score, memorization_ratio
 from .sampling import edm_sigmas, sample_euler
-from .splits import subset
+from .splits import batch_at, subset
 from .unet import SmallUNet
 
 _FORMAT = "fastgauss-train"
@@ -76,21 +76,12 @@ class Trainer:
         self._references = None
 
     # ------------------------------------------------------------------ training
-    def batch_at(self, step: int) -> torch.Tensor:
-        """The training batch of a step: epoch permutations seeded by (seed, epoch)."""
-        n, bs = self.train_set.shape[0], self.config.batch_size
-        per_epoch = max(1, n // bs)
-        epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(n, generator=_step_generator(self.config.seed, epoch, 0))
-        if n < bs:
-            order = order.repeat(-(-bs // n))
-        return self.train_set[order[k * bs:(k + 1) * bs].to(self.train_set.device)]
-
     def train_step(self) -> float:
         lr = self.config.lr * min(1.0, (self.step + 1) / max(1, self.config.warmup))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = edm_loss(self.model, self.batch_at(self.step), generator=_step_generator(self.config.seed, self.step, 1))
+        batch = batch_at(self.train_set, self.config.batch_size, self.step, self.config.seed)
+        loss = edm_loss(self.model, batch, generator=_step_generator(self.config.seed, self.step, 1))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}; the last good checkpoint is "
                                      f"{self.out / 'checkpoint.pt'}")

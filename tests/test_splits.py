@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastgauss.splits import split_disjoint, subset, training_batches
+from fastgauss.splits import batch_at, split_disjoint, subset, training_batches
 
 
 def test_subset_is_deterministic_and_checked():
@@ -24,8 +24,12 @@ def test_disjoint_halves():
 
 def test_batches_cover_each_epoch_and_are_reproducible():
     data = torch.arange(12).reshape(12, 1).float()
-    first = [b.flatten().tolist() for _, b in zip(range(3), training_batches(data, 4, torch.Generator().manual_seed(0)))]
-    again = [b.flatten().tolist() for _, b in zip(range(3), training_batches(data, 4, torch.Generator().manual_seed(0)))]
+    first = [b.flatten().tolist() for _, b in zip(range(3), training_batches(data, 4, seed=0))]
+    again = [b.flatten().tolist() for _, b in zip(range(3), training_batches(data, 4, seed=0))]
     assert first == again and sorted(sum(first, [])) == list(range(12))
-    small = next(training_batches(data[:3], 8, torch.Generator().manual_seed(0)))
+    resumed = next(training_batches(data, 4, seed=0, start=2))  # stateless: step 2 is step 2
+    assert resumed.flatten().tolist() == first[2]
+    second_epoch = sum((batch_at(data, 4, step, seed=0).flatten().tolist() for step in (3, 4, 5)), [])
+    assert sorted(second_epoch) == list(range(12)) and second_epoch != sum(first, [])  # a new permutation
+    small = next(training_batches(data[:3], 8, seed=0))
     assert small.shape == (8, 1)
