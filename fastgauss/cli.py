@@ -95,6 +95,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None:
+    """What every training command takes: the data, the model's capacity and the training length."""
+    parser.add_argument("--dataset", default="digits", help="bundled name or path (as for stats)")
+    parser.add_argument("--width", type=int, default=32, help="UNet channel width (capacity)")
+    parser.add_argument("--steps", type=int, default=steps, help="training steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgauss", description="Hidden Gaussian structure of diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,10 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train an EDM model (SmallUNet) on a dataset, measuring every "
                                             "--eval-every steps its distance to the Gaussian and memorizing "
                                             "denoisers, its linearity and its samples' memorization.")
-    train.add_argument("--dataset", default="digits", help="bundled name or path (as for stats)")
+    _add_model_arguments(train, steps=4000)
     train.add_argument("--n", type=int, help="training-set size (a deterministic subset; default all)")
-    train.add_argument("--width", type=int, default=32, help="UNet channel width (capacity)")
-    train.add_argument("--steps", type=int, default=4000)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)
@@ -138,10 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Train a memorizing (small subset) and a generalizing (full set) "
                                            "model and write a report comparing them with the Gaussian and "
                                            "memorizing denoisers.")
-    demo.add_argument("--dataset", default="digits")
+    _add_model_arguments(demo, steps=3000)
     demo.add_argument("--small-n", type=int, default=64, help="training-set size of the memorizing model")
-    demo.add_argument("--width", type=int, default=32)
-    demo.add_argument("--steps", type=int, default=3000)
     demo.add_argument("--samples", type=int, default=64, help="samples for the GL score and memorization ratio")
     demo.add_argument("--out", default=str(DEFAULT_OUT / "demo"), help="report folder")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
