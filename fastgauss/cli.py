@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,30 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_distributed(device: str) -> bool:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
 def _train(args: argparse.Namespace) -> int:
+    if _init_distributed(args.device):
+        import torch.distributed as dist
+
+        try:
+            return _train_run(args)
+        finally:
+            dist.destroy_process_group()
+    return _train_run(args)
+
+
+def _train_run(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
     config = TrainConfig(dataset=args.dataset, n=args.n, width=args.width, steps=args.steps,
@@ -128,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "--eval-every steps its distance to the Gaussian and memorizing "
                                             "denoisers, its linearity and its samples' memorization.")
     _add_model_arguments(train, steps=4000)
-    train.add_argument("--n", type=int, help="training-set size (a deterministic subset; default all)")
+    train.add_argument("--n", "--train-size", dest="n", type=int,
+                       help="training-set size (a deterministic subset; default all); under torchrun write "
+                            "--train-size, since torchrun reads an abbreviated --n as one of its own options")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)

@@ -51,14 +51,24 @@ def training_sigmas(batch: int, *, p_mean: float = -1.2, p_std: float = 1.2, gen
     return torch.exp(p_mean + p_std * torch.randn(batch, generator=generator, dtype=dtype).to(device))
 
 
-def edm_loss(denoiser: EDMDenoiser, y: torch.Tensor, *, generator=None) -> torch.Tensor:
+def edm_loss(denoiser, y: torch.Tensor, *, generator=None, sigma_data: float | None = None,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
     """EDM's weighted denoising loss on a clean batch y: [B, *feature_shape] (a scalar).
 
     The mean over the batch and the features of (sigma^2 + sd^2) / (sigma sd)^2 |D(y + sigma eps; sigma) - y|^2.
+    shard=(rank, world): the noise levels and noise are drawn for the whole batch, then only
+    rank's contiguous B / world rows are used, so averaging the world's gradients (DDP)
+    equals one process on the whole batch. sigma_data defaults to ``denoiser.sigma_data``.
     """
     sigma = training_sigmas(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
     noise = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
-    sd = denoiser.sigma_data
+    if shard is not None:
+        rank, world = shard
+        if y.shape[0] % world:
+            raise ValueError(f"batch size {y.shape[0]} is not divisible by the {world} processes")
+        rows = slice(rank * y.shape[0] // world, (rank + 1) * y.shape[0] // world)
+        y, sigma, noise = y[rows], sigma[rows], noise[rows]
+    sd = denoiser.sigma_data if sigma_data is None else sigma_data
     weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).reshape(-1, *([1] * (y.dim() - 1)))
     denoised = denoiser(y + sigma.reshape(weight.shape) * noise, sigma)
     return (weight * (denoised - y) ** 2).mean()

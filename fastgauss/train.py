@@ -71,6 +71,9 @@ class Trainer:
         self.model = EDMDenoiser(SmallUNet(channels=self.train_set.shape[1], width=config.width)).to(device)
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.world, self.rank = _world()
+        # Under torchrun: DDP averages the gradients of each process's share of every batch.
+        self.forward_model = self.model if self.world == 1 else torch.nn.parallel.DistributedDataParallel(self.model)
         self.step = 0
         self.out = Path(config.out)
         self._references = None
@@ -81,7 +84,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = batch_at(self.train_set, self.config.batch_size, self.step, self.config.seed)
-        loss = edm_loss(self.model, batch, generator=_step_generator(self.config.seed, self.step, 1))
+        loss = edm_loss(self.forward_model, batch, generator=_step_generator(self.config.seed, self.step, 1),
+                        sigma_data=self.model.sigma_data, shard=(self.rank, self.world) if self.world > 1 else None)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}; the last good checkpoint is "
                                      f"{self.out / 'checkpoint.pt'}")
@@ -107,7 +111,7 @@ class Trainer:
             bar.update(1)
             rate = done_here * self.config.batch_size / max(1e-9, time.perf_counter() - started)
             bar.set_postfix(loss=f"{loss:.4f}", img_per_s=f"{rate:.0f}", refresh=False)
-            if self.step % self.config.eval_every == 0 or self.step == target:
+            if (self.step % self.config.eval_every == 0 or self.step == target) and self.rank == 0:
                 if measure:
                     records.append(self.measure(loss))
                 self.save(self.out / "checkpoint.pt")
@@ -180,6 +184,15 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = int(state["step"])
         return trainer
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of torch.distributed when it is initialized, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def load_checkpoint(path) -> dict:

@@ -69,3 +69,17 @@ def test_demo_runs_end_to_end_in_a_reduced_mode(tmp_path, capsys):
         assert len(m["rmse_gaussian"]) == len(m["sigma"]) == len(m["linearity"])
     for name in ("summary.md", "distances.png", "samples.png"):
         assert (out / name).stat().st_size > 500, name
+
+
+def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    # torchrun's own parser would take an abbreviated "--n" for one of its options: --train-size
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", "29517", "-m", "fastgauss", "train", "--train-size", "32", "--width", "8", "--steps", "2",
+           "--batch-size", "8", "--eval-every", "2", "--out", str(out), "--quiet", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "checkpoint.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
