@@ -107,7 +107,8 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
     x = y + sigma eps for n training images y (noise drawn once, reused at every sigma);
       "rmse": mean over x of sqrt(|D_1(x) - D_2(x)|^2 / d)      (the paper's score difference)
       "nmse": mean over x of |D_1(x) - D_2(x)| / |D_1(x)|
-    Each denoiser is called once per batch. Returns a SigmaTable.
+    Each denoiser is called once per batch. Returns a SigmaTable; with d2 a dict of named
+    denoisers, a dict of SigmaTables, d1 still called once (one network, several references).
     """
     data = _rows(data, "data")
     grid = check_sigmas(sigmas)
@@ -118,13 +119,17 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
     y = data[torch.randperm(data.shape[0], generator=generator)[:n].to(data.device)]
     eps = torch.randn(y.shape, generator=generator, dtype=data.dtype).to(data.device)
     d = math.prod(y.shape[1:])
-    values, spreads = [], []
+    others = d2 if isinstance(d2, dict) else {"": d2}
+    values = {name: [] for name in others}
+    spreads = {name: [] for name in others}
     for sigma in grid.tolist():
         x = y + sigma * eps
         a = flatten_batch(_apply(d1, x, sigma, batch_size), "D").double()
-        b = flatten_batch(_apply(d2, x, sigma, batch_size), "D").double()
-        gap = (a - b).norm(dim=1)
-        per_x = gap / math.sqrt(d) if metric == "rmse" else gap / a.norm(dim=1).clamp_min(1e-300)
-        values.append(per_x.mean())
-        spreads.append(per_x.std(correction=0))
-    return SigmaTable(metric, grid, torch.stack(values).cpu(), torch.stack(spreads).cpu())
+        for name, other in others.items():
+            gap = (a - flatten_batch(_apply(other, x, sigma, batch_size), "D").double()).norm(dim=1)
+            per_x = gap / math.sqrt(d) if metric == "rmse" else gap / a.norm(dim=1).clamp_min(1e-300)
+            values[name].append(per_x.mean())
+            spreads[name].append(per_x.std(correction=0))
+    tables = {name: SigmaTable(metric, grid, torch.stack(values[name]).cpu(), torch.stack(spreads[name]).cpu())
+              for name in others}
+    return tables if isinstance(d2, dict) else tables[""]

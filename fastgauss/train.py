@@ -136,8 +136,9 @@ class Trainer:
         n = self.train_set.shape[0]
         noise = lambda stream: _step_generator(cfg.seed, 0, 100 + stream)  # noqa: E731  held-out, fixed
         count = min(cfg.eval_samples, n)
-        to_gauss = denoiser_rmse(net, gaussian, self.train_set, cfg.eval_sigmas, n=count, generator=noise(0))
-        to_emp = denoiser_rmse(net, empirical, self.train_set, cfg.eval_sigmas, n=count, generator=noise(0))
+        distances = denoiser_rmse(net, {"gaussian": gaussian, "empirical": empirical}, self.train_set,
+                                  cfg.eval_sigmas, n=count, generator=noise(0))  # the network runs once
+        to_gauss, to_emp = distances["gaussian"], distances["empirical"]
         linear = linearity_score(net, self.train_set, cfg.eval_sigmas, n_pairs=max(1, min(64, n // 2)),
                                  generator=noise(1))
         latents = torch.randn((cfg.eval_samples, *self.train_set.shape[1:]), generator=noise(2)).to(self.train_set)

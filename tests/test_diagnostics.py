@@ -179,3 +179,20 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="k: expected"):
         fastgauss.jacobian_spectrum(ident, torch.randn(3), 0.1, k=4)
     assert math.isfinite(fastgauss.linearity_score(ident, data, [0.5], n_pairs=2).value.item())
+
+
+def test_denoiser_rmse_against_several_references_calls_the_network_once():
+    calls = []
+
+    def net(x, s):
+        calls.append(x.shape[0])
+        return x * 0.5
+
+    data = torch.randn(30, 4, dtype=torch.float64)
+    tables = fastgauss.denoiser_rmse(net, {"zero": lambda x, s: x * 0, "same": lambda x, s: x * 0.5}, data,
+                                     [0.1, 1.0], n=10, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 2  # once per sigma, not once per reference
+    assert tables["same"].value.max() == 0 and tables["zero"].value.min() > 0
+    single = fastgauss.denoiser_rmse(net, lambda x, s: x * 0, data, [0.1, 1.0], n=10,
+                                     generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(single.value, tables["zero"].value)
