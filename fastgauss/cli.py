@@ -126,6 +126,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None
     parser.add_argument("--steps", type=int, default=steps, help="training steps")
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import run_sweep
+
+    folder = run_sweep(args.dataset, args.sizes, args.widths, args.steps, out=args.out, samples=args.samples,
+                       progress=not args.quiet)
+    print((folder / "sweep.md").read_text())
+    print(f"wrote {folder / 'sweep.json'} and {folder / 'sweep.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgauss", description="Hidden Gaussian structure of diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=str(DEFAULT_OUT / "demo"), help="report folder")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+
+    sweep = commands.add_parser("reproduce", help="the paper's sweeps: training-set size, width, training length",
+                                description="Train every combination of --sizes, --widths and --steps and report "
+                                            "which regime (memorizing or generalizing) each model is in.")
+    sweep.add_argument("--dataset", default="digits", help="bundled name or path (a zip for CIFAR-10 or FFHQ)")
+    sweep.add_argument("--sizes", type=_ints, default=[64, 256, 1797], help="training-set sizes, e.g. 64,256,1797")
+    sweep.add_argument("--widths", type=_ints, default=[32], help="UNet widths, e.g. 16,32,64")
+    sweep.add_argument("--steps", type=_ints, default=[3000], help="training lengths, e.g. 1000,3000")
+    sweep.add_argument("--samples", type=int, default=64)
+    sweep.add_argument("--out", default=str(DEFAULT_OUT / "reproduce"))
+    sweep.add_argument("--quiet", action="store_true")
+    sweep.set_defaults(run=_reproduce)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import numpy as np
 import torch
 
@@ -83,3 +85,16 @@ def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "checkpoint.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_reproduce_sweeps_and_reports_regimes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["reproduce", "--sizes", "16,1797", "--widths", "8", "--steps", "4", "--samples", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [r["n"] for r in rows] == [16, 1797]
+    assert all(r["regime"] in ("memorizes", "generalizes") for r in rows)
+    assert "| N | width | steps | regime" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse rejects the list, naming it
+        main(["reproduce", "--sizes", "a,b", "--out", str(out)])
+    assert "comma-separated integers" in capsys.readouterr().err
