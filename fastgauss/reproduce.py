@@ -48,5 +48,28 @@ def run_sweep(dataset: str, sizes, widths, steps, *, out: str, batch_size: int =
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['n']} | {r['width']} | {r['steps']} | {r['regime']} | {r['memorization_ratio']:.3f} | "
               f"{r['gl_score']:.3f} | {r['rmse_gaussian_mid']:.4f} | {r['rmse_empirical_mid']:.4f} |" for r in rows]
+    lines += ["", "![sweep](sweep.png)"]
     (folder / "sweep.md").write_text("\n".join(lines) + "\n")
+    _plot(folder / "sweep.png", rows)
     return folder
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    """Mean mid-sigma RMSE to both references against the training-set size, one line per (width, steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for width, length in sorted({(r["width"], r["steps"]) for r in rows}):
+        group = sorted((r for r in rows if (r["width"], r["steps"]) == (width, length)), key=lambda r: r["n"])
+        sizes = [r["n"] for r in group]
+        ax.plot(sizes, [r["rmse_gaussian_mid"] for r in group], "-o", label=f"to Gaussian, w={width}, {length} steps")
+        ax.plot(sizes, [r["rmse_empirical_mid"] for r in group], "--s", label=f"to memorizing, w={width}, {length} steps")
+    ax.set(xscale="log", xlabel="training-set size N", ylabel=f"RMSE, sigma in [{MID_SIGMA[0]}, {MID_SIGMA[1]}]",
+           title="from memorization to the Gaussian structure")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

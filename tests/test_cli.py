@@ -95,6 +95,7 @@ def test_reproduce_sweeps_and_reports_regimes(tmp_path, capsys):
     assert [r["n"] for r in rows] == [16, 1797]
     assert all(r["regime"] in ("memorizes", "generalizes") for r in rows)
     assert "| N | width | steps | regime" in capsys.readouterr().out
+    assert (out / "sweep.png").stat().st_size > 1000
     with pytest.raises(SystemExit):  # argparse rejects the list, naming it
         main(["reproduce", "--sizes", "a,b", "--out", str(out)])
     assert "comma-separated integers" in capsys.readouterr().err
