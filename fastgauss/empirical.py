@@ -236,9 +236,8 @@ def _normalize_sigma(sigma, batch: int, device, dtype) -> torch.Tensor:
     return s.contiguous()
 
 
-def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+def _queries(x, sigma, data: TrainingSet):
+    """(x as a float tensor, its rows [B, d], sigma [B]) checked against the training set."""
     x = as_float(as_tensor(x, "x"))
     flat = flatten_batch(x, "x")
     if flat.shape[1] != data.dim:
@@ -246,6 +245,13 @@ def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
                          f"{data.dim} (feature shape {data.feature_shape})")
     check_finite(flat, "x")
     s = _normalize_sigma(sigma, flat.shape[0], x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return x, flat, s
+
+
+def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    x, flat, s = _queries(x, sigma, data)
     if flat.shape[0] == 0:
         return x.clone()
     return _EmpiricalDenoise.apply(flat, s, data, precision).reshape(x.shape)
@@ -320,18 +326,13 @@ class EmpiricalDenoiser(nn.Module):
 
         J v = (sum_i w_i y_i (y_i . v) - D (D . v)) / sigma^2 (J = dD/dx, symmetric).
         """
-        x = as_float(as_tensor(x, "x"))
-        flat = flatten_batch(x, "x")
-        if flat.shape[1] != self.data.dim:
-            raise ValueError(f"x: has {flat.shape[1]} features but the training set has {self.data.dim}")
+        x, flat, s = _queries(x, sigma, self.data)
         v = as_float(as_tensor(v, "v")).to(x.device)
         probes = v.dim() == x.dim() + 1
         if v.shape[probes:] != x.shape:
             raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
                              f"got {tuple(v.shape)}")
-        check_finite(flat, "x")
         check_finite(v, "v")
-        s = _normalize_sigma(sigma, flat.shape[0], x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
         if flat.shape[0] == 0:
             return x.clone(), v.clone()
         vk = v.reshape(v.shape[0] if probes else 1, *flat.shape)
