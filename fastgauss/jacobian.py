@@ -6,7 +6,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._arrays import as_float, as_tensor
-from .jvp import check_output
+from ._tangent_rules import cheaper_tangents
+from .jvp import RULE_MIN_ELEMENTS, check_output
 
 
 def _orthonormal(columns: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,11 @@ def jacobian_spectrum(denoiser, x, sigma, k: int, *, oversample: int = 10, iters
 
 
 def _randomized_svd(f, flat, d, k, width, iters, generator):
-    jvp_many = torch.func.vmap(lambda t: torch.func.jvp(f, (flat,), (t.to(flat.dtype),))[1])
+    jvp_vmapped = torch.func.vmap(lambda t: torch.func.jvp(f, (flat,), (t.to(flat.dtype),))[1])
+
+    def jvp_many(probes):  # [n, d] -> [n, d]
+        with cheaper_tangents(probes.shape[0], RULE_MIN_ELEMENTS):
+            return jvp_vmapped(probes)
     _, vjp_fn = torch.func.vjp(f, flat)
     vjp_many = torch.func.vmap(lambda t: vjp_fn(t.to(flat.dtype))[0])
     probes = torch.randn(d, width, generator=generator, dtype=torch.float64).to(flat.device)
