@@ -20,7 +20,6 @@ PyTorch's own derivative of the op.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -61,24 +60,19 @@ def _sum(parts, empty):
     return out
 
 
-def _normalized_tangent(x: torch.Tensor, dx: torch.Tensor, rows: tuple[int, ...], eps: float):
-    """(x^, d x^) with x and dx viewed as rows of normalized values; shapes of x."""
-    xr, dxr = x.reshape(rows + (-1,)), dx.reshape(rows + (-1,))
+def _normalization_tangent(x, weight, dx, dw, db, rows, eps, view):
+    """Tangent of w x^ + b, x^ = (x - mean) rstd over rows, given the tangents of x, w and b (None: zero)."""
+    xr = x.reshape(rows + (-1,))
     centred = xr - xr.mean(-1, keepdim=True)
     rstd = torch.rsqrt(centred.square().mean(-1, keepdim=True) + eps)
     xhat = centred * rstd
-    dxhat = (dxr - dxr.mean(-1, keepdim=True) - xhat * (xhat * dxr).mean(-1, keepdim=True)) * rstd
-    return xhat.reshape(x.shape), dxhat.reshape(x.shape)
-
-
-def _normalization_tangent(x, weight, dx, dw, db, rows, eps, view):
-    """Tangent of w x^ + b given the tangents of x, w and b (None: zero)."""
     parts = []
     if dx is not None:
-        xhat, dxhat = _normalized_tangent(x, dx, rows, eps)
+        dxr = dx.reshape(rows + (-1,))
+        dxhat = ((dxr - dxr.mean(-1, keepdim=True) - xhat * (xhat * dxr).mean(-1, keepdim=True)) * rstd).reshape(x.shape)
         parts.append(dxhat if weight is None else dxhat * weight.reshape(view))
     if dw is not None:
-        parts.append(_normalized_tangent(x, torch.zeros_like(x), rows, eps)[0] * dw.reshape(view))
+        parts.append(xhat.reshape(x.shape) * dw.reshape(view))
     if db is not None:
         parts.append(db.reshape(view).expand_as(x))
     return _sum(parts, lambda: torch.zeros_like(x))
@@ -148,10 +142,11 @@ class _Attention(torch.autograd.Function):
         q, k, v, out = ctx.saved_tensors
         dq, dk, dv = _live((dq, dk, dv), ctx.live)
         scale = ctx.scale if ctx.scale is not None else 1 / math.sqrt(q.shape[-1])
-        probs = torch.softmax((q * scale) @ k.transpose(-2, -1), -1)
+        q_scaled = q * scale
+        probs = torch.softmax(q_scaled @ k.transpose(-2, -1), -1)
         score_parts = [] if dq is None else [(dq * scale) @ k.transpose(-2, -1)]
         if dk is not None:
-            score_parts.append((q * scale) @ dk.transpose(-2, -1))
+            score_parts.append(q_scaled @ dk.transpose(-2, -1))
         parts = []
         if score_parts:
             p = probs * _sum(score_parts, None)
@@ -320,8 +315,6 @@ _RULES = {**{op: _convolution_rule(op) for op in _CONVOLUTIONS}, F.silu: _silu_r
           F.scaled_dot_product_attention: _attention_rule}
 
 
-@contextlib.contextmanager
-def cheaper_tangents(probes: int = 1, min_elements: int = 0):
-    """Within: convolutions, SiLU, group/layer norm and attention use the cheaper forward-mode rules."""
-    with CheaperTangents(probes, min_elements):
-        yield
+def cheaper_tangents(probes: int = 1, min_elements: int = 0) -> CheaperTangents:
+    """A context within which convolutions, SiLU, group/layer norm and attention use the cheaper rules."""
+    return CheaperTangents(probes, min_elements)
