@@ -286,6 +286,10 @@ class Moments:
         """
         from tqdm.auto import tqdm
 
+        from ._device import check_device
+
+        if device is not None:
+            device = check_device(device)  # before the progress bar: a clear error, not torch's deep one
         moments = cls(precision=precision)
         if total is None and hasattr(batches, "__len__"):
             total = len(batches)
