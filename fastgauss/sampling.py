@@ -54,39 +54,107 @@ def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
 class _Trajectory:
     """Collects x after every step and D at every step's first evaluation, when asked to."""
 
-    def __init__(self, x: torch.Tensor, enabled: bool):
-        self.enabled, self.xs, self.ds = enabled, [x], []
+    def __init__(self, x: torch.Tensor, enabled: bool, sigma: float):
+        self.enabled, self.xs, self.ds, self.sig = enabled, [x], [], [sigma]
+        self.jump: tuple[float, float] | None = None
+        self.schedule: list[float] = []
 
-    def record(self, x: torch.Tensor, denoised: torch.Tensor) -> None:
+    def record(self, x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> None:
         if self.enabled:
             self.xs.append(x)
             self.ds.append(denoised)
+            self.sig.append(sigma)
 
-    def result(self, x: torch.Tensor, sig: list[float]):
+    def result(self, x: torch.Tensor, nfe: int):
         if not self.enabled:
             return x
-        return x, {"x": torch.stack(self.xs), "denoised": torch.stack(self.ds), "sigma": torch.tensor(sig)}
+        out = {"x": torch.stack(self.xs), "denoised": torch.stack(self.ds), "sigma": torch.tensor(self.sig, dtype=torch.float64), "nfe": nfe}
+        if self.jump is not None:
+            out["jump"] = self.jump
+        return x, out
 
 
-def sample_euler(denoiser, latents, sigmas, *, return_trajectory: bool = False, progress: bool = False):
+def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory):
+    """(x at the level the network starts from, the remaining schedule, the trajectory).
+
+    Without ``gaussian`` this is x = latents * sigmas[0] and the whole (clipped) schedule. With it
+    and a ``switch_sigma``, x is carried from sigmas[0] to the first level <= switch_sigma by the
+    Gaussian's exact flow (``teleport.gaussian_jump``), and the trajectory records the jump as
+    one step whose "denoised" entry is the Gaussian's D at sigmas[0].
+    """
+    from . import teleport
+
+    latents, sig = _check_schedule(latents, sigmas)
+    sig = teleport.clip_schedule(sig, denoiser)
+    x = latents * sig[0]
+    trajectory = _Trajectory(x, return_trajectory, sig[0])
+    trajectory.schedule = sig
+    if switch_sigma is None:
+        if gaussian is not None:
+            raise ValueError("switch_sigma: gaussian= was given without switch_sigma= (a level, or 'auto')")
+        return x, sig, trajectory
+    if gaussian is None:
+        raise ValueError("gaussian: switch_sigma= needs gaussian= (a fastgauss.GaussianDenoiser of the data)")
+    features = math.prod(latents.shape[1:])
+    if features != gaussian.dim:
+        raise ValueError(f"gaussian: has {gaussian.dim} features (feature shape {tuple(gaussian.feature_shape)}) but "
+                         f"the latents have {features} (shape {tuple(latents.shape)})")
+    if isinstance(switch_sigma, str):
+        if switch_sigma != "auto":
+            raise ValueError(f"switch_sigma: expected a level >= 0, 'auto' or None, got {switch_sigma!r}")
+        switch_sigma = teleport.auto_switch_sigma(denoiser, gaussian, sig, data=data, report=report, tol=tol)
+    i = teleport.switch_index(sig, float(switch_sigma))
+    if i == 0:
+        return x, sig, trajectory
+    if return_trajectory:
+        trajectory.jump = (sig[0], sig[i])
+        trajectory.record(teleport.gaussian_jump(gaussian, x, sig[0], sig[i]),
+                          _as_dtype(gaussian(x, sig[0]), x), sig[i])
+        x = trajectory.xs[-1]
+    else:
+        x = teleport.gaussian_jump(gaussian, x, sig[0], sig[i])
+    return x, sig[i:], trajectory
+
+
+def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.to(dtype=like.dtype, device=like.device).reshape(like.shape)
+
+
+_TELEPORT_DOC = """
+    Teleportation (Wang & Vastola): with ``gaussian=`` a ``GaussianDenoiser`` of the training data
+    and ``switch_sigma=`` a level s (or "auto"), the first steps are replaced by the Gaussian's
+    exact probability flow from sigmas[0] to the first schedule level <= s, and the network
+    finishes from there (``switch_sigma=0`` is the closed form, no network call). "auto" picks the
+    lowest level s at which the network's RMSE to the Gaussian stays below ``tol`` at every level
+    >= s, measured on ``data=`` (a probe set [N, *feature_shape]) or read from ``report=`` (an
+    ``analyze`` summary or its summary.json); ``tol`` defaults to ``teleport.DEFAULT_TOL``.
+    A denoiser with ``sigma_min`` / ``sigma_max`` attributes (the model adapters) gets its
+    schedule clamped into that range (repeated levels dropped, the final 0 kept).
+"""
+
+
+def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None, data=None, report=None,
+                 tol: float | None = None, return_trajectory: bool = False, progress: bool = False):
     """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
 
     latents: [B, *feature_shape] unit Gaussian noise; sampling starts at latents * sigmas[0].
-    sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples, or
-    (samples, {"x": [n + 1, B, ...], "denoised": [n, B, ...], "sigma": [n + 1]}).
+    sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples [B, ...], or
+    (samples, {"x": [m + 1, B, ...], "denoised": [m, B, ...], "sigma": [m + 1], "nfe": int,
+    "jump": (sigma_from, sigma_to) when teleported}), m the number of steps taken.
     """
-    latents, sig = _check_schedule(latents, sigmas)
-    x = latents * sig[0]
-    trajectory = _Trajectory(x, return_trajectory)
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    nfe = 0
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="euler", disable=not progress):
         denoised = _call(denoiser, x, t_cur)
+        nfe += 1
         x = x + (t_next - t_cur) * (x - denoised) / t_cur
-        trajectory.record(x, denoised)
-    return trajectory.result(x, sig)
+        trajectory.record(x, denoised, t_next)
+    return trajectory.result(x, nfe)
 
 
 def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float = 0.0,
                 S_max: float = float("inf"), S_noise: float = 1.0, generator: torch.Generator | None = None,
+                gaussian=None, switch_sigma=None, data=None, report=None, tol: float | None = None,
                 return_trajectory: bool = False, progress: bool = False):
     """EDM's second-order sampler (Karras et al. 2022, Algorithm 2): 2n - 1 denoiser calls.
 
@@ -95,10 +163,9 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
     Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
     first evaluation).
     """
-    latents, sig = _check_schedule(latents, sigmas)
-    n = len(sig) - 1
-    x = latents * sig[0]
-    trajectory = _Trajectory(x, return_trajectory)
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    n = len(trajectory.schedule) - 1  # churn's gamma is set by the whole schedule, jumped steps included
+    nfe = 0
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="heun", disable=not progress):
         gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
@@ -106,11 +173,17 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise
         denoised = _call(denoiser, x, t_hat)
+        nfe += 1
         slope = (x - denoised) / t_hat
         x_next = x + (t_next - t_hat) * slope
         if t_next > 0:
             slope_next = (x_next - _call(denoiser, x_next, t_next)) / t_next
+            nfe += 1
             x_next = x + (t_next - t_hat) * (slope + slope_next) / 2
         x = x_next
-        trajectory.record(x, denoised)
-    return trajectory.result(x, sig)
+        trajectory.record(x, denoised, t_next)
+    return trajectory.result(x, nfe)
+
+
+sample_euler.__doc__ += _TELEPORT_DOC
+sample_heun.__doc__ += _TELEPORT_DOC
