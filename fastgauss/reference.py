@@ -101,3 +101,14 @@ def nearest_neighbors(x, data, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.stack([torch.tensor(sorted(range(data.shape[0]), key=lambda i: (row[i].item(), i))[:k])
                          for row in dist])
     return dist.gather(1, order), order
+
+
+def gaussian_flow(x_start, sigma_start: float, sigma: float, mean, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:
+    """Probability-flow ODE of N(mean, U diag(lam) U^T + lam_rest (I - U U^T)) from sigma_start to sigma:
+    mean + sum_k sqrt((lam_k + s^2) / (lam_k + s_T^2)) c_k u_k + sqrt((lam_rest + s^2) / (lam_rest + s_T^2)) r,
+    c = U^T (x_start - mean), r = the part of x_start - mean outside span(U). x_start: [B, d]."""
+    x, mean, lam, u = _f64(x_start), _f64(mean), _f64(eigvals), _f64(eigvecs)
+    c = (x - mean) @ u
+    rest = (x - mean) - c @ u.T
+    a = ((lam_rest + sigma**2) / (lam_rest + sigma_start**2)) ** 0.5
+    return mean + (c * torch.sqrt((lam + sigma**2) / (lam + sigma_start**2))) @ u.T + a * rest
