@@ -112,9 +112,16 @@ def _reconstruct_kernel(
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.
 #: 128 x 128 tiles spill: the epilogues hold the accumulator, x and the shrink weights.
+#: The exact-fp32 "large" tile is 128 x 32 (16 accumulators a thread at 8 warps). Registers the
+#: gate read for [large,ieee] (project sm_80/sm_90, reconstruct sm_80/sm_90), Triton 3.6 | 3.9:
+#:   128x64 8 warps   255+64 B spill / 226 / 218 / 222  |  213 / 199 / 218 / 210
+#:   128x64 16 warps  121 / 114 / 128 (at the 512-thread cap) / 112  |  reconstruct sm_80 spills 8 B
+#:   64x128 8 warps   255+64 B spill on sm_80 (3.6);  128x32 4 warps  255 (project, 3.6)
+#:   128x32 8 warps   133 / 134 / 145 / 150  |  121 / 143 / 126 / 154   <- chosen, no spill anywhere
+#: (BLOCK_K 8 does not compile: tl.dot needs K >= 16.)
 CONFIGS = {
     ("fma", "small"): TileConfig(64, 64, 16, 8, 3),
-    ("fma", "large"): TileConfig(128, 64, 16, 8, 3),
+    ("fma", "large"): TileConfig(128, 32, 16, 8, 3),
     ("mma", "small"): TileConfig(64, 64, 32, 4, 3),
     ("mma", "large"): TileConfig(128, 64, 32, 8, 3),
 }
