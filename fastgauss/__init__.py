@@ -10,6 +10,7 @@ Public API (see README.md for a tour):
     jvp, linearity_score, denoiser_rmse, distill_linear, jacobian_spectrum, subspace_alignment
                        linearity and Jacobian diagnostics of any denoiser
     verdict, Verdict   the three-way verdict (memorizes / undertrained / generalizes) with its evidence
+    from_diffusers, from_edm, from_score, load_denoiser   pretrained models (diffusers, EDM, score SDE) as denoisers
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
@@ -23,9 +24,11 @@ from .linearity import denoiser_rmse, linearity_score
 from .moments import Moments
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .sampling import edm_sigmas, sample_euler, sample_heun
+from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .verdict import Verdict, verdict
 
-__all__ = ["EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
+__all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
+           "EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
            "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
            "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment",
            "Verdict", "verdict"]
