@@ -59,18 +59,30 @@ class CachedStats:
         return self.record["eigvecs"]
 
 
+def _fingerprint(data: torch.Tensor) -> list[str]:
+    """Sum and sum of squares in float64 (one cheap pass): tells apart two readings of one file
+    (e.g. another ``scale=``) that its path, size and modification time cannot."""
+    flat = data.reshape(data.shape[0], -1)
+    total = sq = 0.0
+    for part in flat.split(4096):
+        part = part.double()
+        total, sq = total + float(part.sum()), sq + float((part * part).sum())
+    return [repr(total), repr(sq)]
+
+
 def data_identity(data: torch.Tensor, source=None) -> dict:
     """What the statistics of ``data`` depend on, as a JSON-able dict.
 
     source: the file or folder ``data`` was read from (then its resolved path and, for every
-    file, size and modification time), else None (then the SHA-256 of the data's bytes).
+    file, size and modification time, with the data's shape, sum and sum of squares), else None
+    (then the SHA-256 of the data's bytes).
     """
     if source is not None and not isinstance(source, torch.Tensor):
         path = Path(os.fspath(source))
         if path.is_file():
             st = path.stat()
             return {"kind": "file", "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                    "shape": list(data.shape)}
+                    "shape": list(data.shape), "sums": _fingerprint(data)}
         if path.is_dir():
             listing = hashlib.sha256()
             files = size = 0
@@ -79,7 +91,7 @@ def data_identity(data: torch.Tensor, source=None) -> dict:
                 files, size = files + 1, size + st.st_size
                 listing.update(f"{child.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             return {"kind": "folder", "path": str(path.resolve()), "files": files, "size": size,
-                    "listing": listing.hexdigest(), "shape": list(data.shape)}
+                    "listing": listing.hexdigest(), "shape": list(data.shape), "sums": _fingerprint(data)}
     flat = data.detach().to("cpu").contiguous()
     digest = hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return {"kind": "bytes", "sha256": digest.hexdigest(), "dtype": str(flat.dtype), "shape": list(flat.shape)}
