@@ -19,22 +19,27 @@ REMAINDERS = ("zero", "isotropic")
 def _truncate(eigvals: torch.Tensor, eigvecs: torch.Tensor, rank: int | None, remainder: str):
     """Keep the top ``rank`` pairs; the remainder eigenvalue is 0 or the mean of the discarded ones.
 
-    Eigenvalues within eigh's rounding of zero (d * eps * lambda_max, float64) become exactly 0,
-    so a rank-deficient covariance maps its null space to mu at sigma = 0 whatever the rounding.
+    eigvals: [k] descending, already with exact zeros where the spectrum has none (see the
+    builders); eigvecs: [d, k].
     """
-    eigvals = eigvals.to(torch.float64).clone()
-    eigvals[eigvals <= eigvals.shape[0] * torch.finfo(torch.float64).eps * eigvals.max().clamp_min(0)] = 0.0
+    eigvals = eigvals.to(torch.float64).clamp_min(0)
     if remainder not in REMAINDERS:
         raise ValueError(f"remainder: expected one of {', '.join(REMAINDERS)}, got {remainder!r}")
     d, full = eigvecs.shape
     r = full if rank is None else rank
-    if not (isinstance(r, int) and 1 <= r <= full):
+    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= full):
         raise ValueError(f"rank: expected an integer from 1 to {full}, got {rank!r}")
     lam_rest = 0.0
     if remainder == "isotropic" and r < d:
         # Discarded directions include any beyond the given eigenpairs (their eigenvalue is 0).
-        lam_rest = float(eigvals[r:].clamp_min(0).sum()) / (d - r)
+        lam_rest = float(eigvals[r:].sum()) / (d - r)
     return eigvals[:r], eigvecs[:, :r], lam_rest
+
+
+def _zero_eigh_rounding(eigvals: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues [d] (descending, float64) within eigh's rounding of zero (d * eps * lambda_max) -> 0."""
+    limit = eigvals.shape[0] * torch.finfo(torch.float64).eps * eigvals[:1].clamp_min(0).sum()
+    return torch.where(eigvals > limit, eigvals, torch.zeros((), dtype=eigvals.dtype, device=eigvals.device))
 
 
 class GaussianDenoiser(nn.Module):
@@ -82,7 +87,15 @@ class GaussianDenoiser(nn.Module):
     @classmethod
     def from_moments(cls, moments: Moments, *, rank: int | None = None, remainder: str = "zero", ddof: int = 0,
                      **kwargs) -> GaussianDenoiser:
-        """From streamed moments: mean and the top ``rank`` eigenpairs of the covariance."""
+        """From streamed moments: mean and the top ``rank`` eigenpairs of the covariance.
+
+        The eigenvalues follow ``Moments.eigh``'s exact-rank rule: past min(n - 1, d) for n
+        samples, and below the rounding level of the precision the scatter was accumulated in
+        (``moments.product_precision``), they are exactly 0, so at sigma = 0 those directions
+        map to mu instead of passing rounding noise through.
+        """
+        if not isinstance(moments, Moments):
+            raise TypeError(f"moments: expected fastgauss.Moments, got {type(moments).__name__}")
         eigvals, eigvecs = moments.eigh(ddof=ddof)
         eigvals, eigvecs, lam_rest = _truncate(eigvals, eigvecs, rank, remainder)
         return cls(moments.mean, eigvals, eigvecs, feature_shape=moments.feature_shape, lam_rest=lam_rest,
@@ -91,7 +104,12 @@ class GaussianDenoiser(nn.Module):
     @classmethod
     def from_covariance(cls, mean, covariance, *, rank: int | None = None, remainder: str = "zero",
                         **kwargs) -> GaussianDenoiser:
-        """From a mean [*feature_shape] and a covariance [d, d] (symmetric positive semi-definite)."""
+        """From a mean [*feature_shape] and a covariance [d, d] (symmetric positive semi-definite).
+
+        The covariance is taken as exact: only eigenvalues within float64 eigh's rounding of 0
+        (d * eps * lambda_max) become 0. For a covariance of N samples accumulated in fp32 use
+        ``from_moments``, which knows N and the accumulation's precision.
+        """
         mean = as_float(as_tensor(mean, "mean"))
         cov = as_float(as_tensor(covariance, "covariance")).to(torch.float64)
         d = mean.numel()
@@ -105,7 +123,8 @@ class GaussianDenoiser(nn.Module):
         if eigvals.numel() and eigvals.min() < -1e-6 * eigvals.abs().max().clamp_min(1e-300):
             raise ValueError(f"covariance: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
                              "not a valid covariance")
-        eigvals, eigvecs, lam_rest = _truncate(eigvals.flip(0), eigvecs.flip(1), rank, remainder)
+        eigvals, eigvecs, lam_rest = _truncate(_zero_eigh_rounding(eigvals.flip(0)), eigvecs.flip(1), rank,
+                                               remainder)
         kwargs.setdefault("feature_shape", tuple(mean.shape))
         return cls(mean, eigvals, eigvecs, lam_rest=lam_rest, **kwargs)
 

@@ -12,17 +12,50 @@ from ._backend import backend_for
 from . import _gram_torch
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1 did not record the product precision
+
+#: Unit roundoff of one product in each accumulation precision, least to most rounding.
+PRODUCT_ROUNDING = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32x3": 2.0**-21, "tf32": 2.0**-11,
+                    "bf16": 2.0**-8}
+#: Eigenvalues below ROUNDING_FACTOR * roundoff * lambda_max are rounding, not variance. The null-space
+#: eigenvalues of fp32-accumulated covariances measure 0.3 to 0.7 roundoffs of lambda_max (N from 60
+#: to 20 000, d from 200 to 1500, data in a subspace): a factor 4 leaves a margin of 6 and keeps real
+#: eigenvalues that fp32 products still resolve (zeroing one costs sqrt(lambda / trace) at sigma = 0).
+ROUNDING_FACTOR = 4
+#: What a version-1 state (no record) is assumed to hold: the worst its kernel mode could give.
+_CONSERVATIVE = {"ieee": "float32", "tf32x3": "tf32x3", "tf32": "tf32"}
 
 
-def _gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision):
-    """out += (a - a_shift)^T (b - b_shift) on the backend that suits ``a`` (float64: PyTorch)."""
+def _worst(a: str | None, b: str | None) -> str | None:
+    order = list(PRODUCT_ROUNDING)
+    known = [p for p in (a, b) if p is not None]
+    return max(known, key=order.index) if known else None
+
+
+def _torch_products(a: torch.Tensor) -> str:
+    """The precision of PyTorch's matmul on ``a``'s dtype and device, given the process's settings."""
+    if a.dtype == torch.float64:
+        return "float64"
+    mode = torch.get_float32_matmul_precision()
+    if a.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        mode = "high" if mode == "highest" else mode
+    return {"highest": "float32", "high": "tf32", "medium": "bf16"}[mode]
+
+
+def _gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision) -> str:
+    """out += (a - a_shift)^T (b - b_shift) on the backend that suits ``a`` (float64: PyTorch).
+
+    Returns the precision the products were computed in (a key of PRODUCT_ROUNDING)."""
     if a.dtype != torch.float64 and backend_for(a) == "triton":
         from .kernels.moments import centered_gram_accumulate
         convert = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
-        return centered_gram_accumulate(out, convert(a), convert(a_shift), convert(b), convert(b_shift),
-                                        precision=precision)
-    return _gram_torch.centered_gram_accumulate(out, a, a_shift, b, b_shift)
+        centered_gram_accumulate(out, convert(a), convert(a_shift), convert(b), convert(b_shift),
+                                 precision=precision)
+        # The interpreter (CPU tensors) ignores input_precision: its products are exact fp32.
+        return {"ieee": "float32", "tf32x3": "tf32x3", "tf32": "tf32"}[precision] if a.is_cuda else "float32"
+    _gram_torch.centered_gram_accumulate(out, a, a_shift, b, b_shift)
+    return _torch_products(a)
 
 
 def _upper_to_symmetric(upper: torch.Tensor) -> torch.Tensor:
@@ -42,7 +75,18 @@ class Moments:
     and above the diagonal; on CPU it is blocked BLAS. ``precision`` picks the kernel's
     fp32 product mode: "ieee" (exact fp32 products, default), "tf32x3" (about fp32
     accuracy on tensor cores) or "tf32" (about 1e-3 relative error per product); the
-    PyTorch path always uses exact products.
+    PyTorch path uses exact products unless the process allows TF32/bf16 matmuls.
+
+    ``product_precision`` records the least precise products any update was accumulated with
+    ("float64", "float32", "tf32x3", "tf32" or "bf16"; None before the first update); it is
+    saved by ``state_dict``, kept by ``merge``, and sets the rounding level below which
+    ``eigh`` reports an eigenvalue as 0. A state saved before this record existed (version 1)
+    is assumed to hold the worst its kernel mode could give ("ieee" -> "float32").
+
+    Exact-rank rule of ``eigh``: the covariance of n rows centred on their mean has rank at
+    most n - 1, so the eigenvalues past min(n - 1, d) are exactly 0; so are those below
+    ``ROUNDING_FACTOR * u * lambda_max`` (u: the unit roundoff of ``product_precision``;
+    at least d * eps64 * lambda_max, float64 eigh's own rounding).
 
     Example:
         >>> import torch, fastgauss
@@ -64,6 +108,7 @@ class Moments:
         self._scatter: torch.Tensor | None = None  # upper triangle holds M
         self._cross_mean: torch.Tensor | None = None
         self._cross_scatter: torch.Tensor | None = None
+        self.product_precision: str | None = None
 
     # ----------------------------------------------------------------- properties
     @property
@@ -115,18 +160,45 @@ class Moments:
         self._require_samples(ddof + 1, f"cross_covariance(ddof={ddof})")
         return self._cross_scatter / (self.count - ddof)
 
-    def eigh(self, rank: int | None = None, ddof: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenpairs of the covariance, largest first.
+    def rounding_level(self) -> float:
+        """Relative level (of lambda_max) below which an eigenvalue of the covariance is rounding.
 
-        Returns (eigvals [r], eigvecs [d, r]) in float64, r = rank or d. Eigenvalues that
-        rounding pushed below zero are clipped to 0.
+        max(ROUNDING_FACTOR * u, d * eps64), u the unit roundoff of ``product_precision``.
+        """
+        self._require_samples(1, "rounding_level")
+        products = ROUNDING_FACTOR * PRODUCT_ROUNDING[self.product_precision]
+        return max(products, self.dim * PRODUCT_ROUNDING["float64"] * 2)
+
+    def exact_rank(self) -> int:
+        """Most nonzero eigenvalues the covariance can have: min(n - 1, d) for n rows (any ddof)."""
+        self._require_samples(1, "exact_rank")
+        return min(self.count - 1, self.dim)
+
+    def eigh(self, rank: int | None = None, ddof: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenpairs of the covariance, largest first, with the exact-rank rule.
+
+        Returns (eigvals [r], eigvecs [d, r]) in float64, r = rank or d. Eigenvalues past
+        ``exact_rank()`` = min(n - 1, d) are exactly 0 (n rows centred on their mean span at
+        most n - 1 directions), and so are those below ``rounding_level() * lambda_max``
+        (what the accumulation's rounding puts in the null space). Their eigenvectors are
+        still returned (an orthonormal basis of the null space).
+
+        Example:
+            >>> import torch, fastgauss
+            >>> m = fastgauss.Moments().update(torch.randn(5, 8))  # 5 rows: rank <= 4
+            >>> vals, vecs = m.eigh()
+            >>> int((vals > 0).sum()), vecs.shape
+            (4, torch.Size([8, 8]))
         """
         cov = self.covariance(ddof)
         d = cov.shape[0]
-        if rank is not None and not (isinstance(rank, int) and 1 <= rank <= d):
+        if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= d):
             raise ValueError(f"rank: expected an integer from 1 to d = {d}, got {rank!r}")
         eigvals, eigvecs = torch.linalg.eigh(cov)
-        eigvals, eigvecs = eigvals.flip(0).clamp_min(0), eigvecs.flip(1)
+        eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
+        real = torch.arange(d, device=eigvals.device) < self.exact_rank()
+        real &= eigvals > self.rounding_level() * eigvals[0].clamp_min(0)
+        eigvals = torch.where(real, eigvals, torch.zeros((), dtype=eigvals.dtype, device=eigvals.device))
         r = d if rank is None else rank
         return eigvals[:r].contiguous(), eigvecs[:, :r].contiguous()
 
@@ -176,18 +248,20 @@ class Moments:
         x_mean, x_shift, x_err = self._chunk_mean(x)
         x_delta = x_mean - self._mean
         coef = torch.tensor([-float(n_b), n_a * n_b / n], dtype=torch.float64, device=x.device)
-        _gram_accumulate(self._scatter, x, x_shift, precision=self.precision)
+        products = _gram_accumulate(self._scatter, x, x_shift, precision=self.precision)
         x_terms = torch.stack([x_err, x_delta])  # [2, d]
         self._scatter.addmm_(x_terms.T, coef[:, None] * x_terms)
         self._mean += x_delta * (n_b / n)
         if z is not None:
             z_mean, z_shift, z_err = self._chunk_mean(z)
             z_delta = z_mean - self._cross_mean
-            _gram_accumulate(self._cross_scatter, z, z_shift, x, x_shift, precision=self.precision)
+            products = _worst(products, _gram_accumulate(self._cross_scatter, z, z_shift, x, x_shift,
+                                                         precision=self.precision))
             z_terms = torch.stack([z_err, z_delta])
             self._cross_scatter.addmm_(z_terms.T, coef[:, None] * x_terms)
             self._cross_mean += z_delta * (n_b / n)
         self.count = n
+        self.product_precision = _worst(self.product_precision, products)
 
     @staticmethod
     def _chunk_mean(x: torch.Tensor):
@@ -223,6 +297,7 @@ class Moments:
             self._cross_mean += z_delta * (n_b / n)
         self._mean += delta * (n_b / n)
         self.count = n
+        self.product_precision = _worst(self.product_precision, other.product_precision)
         return self
 
     def all_reduce(self, group=None) -> Moments:
@@ -239,6 +314,7 @@ class Moments:
     def state_dict(self) -> dict:
         """A copy of the state, for torch.save; load it with ``load_state_dict`` to resume."""
         state = {"version": _STATE_VERSION, "count": self.count, "precision": self.precision,
+                 "product_precision": self.product_precision,
                  "feature_shape": self.feature_shape, "cross_feature_shape": self.cross_feature_shape}
         if self.feature_shape is not None:
             state["mean"] = self._mean.clone()
@@ -249,11 +325,19 @@ class Moments:
         return state
 
     def load_state_dict(self, state: dict) -> Moments:
-        """Restore a state written by ``state_dict`` (replacing the current one); returns self."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"state: version {state.get('version')!r} is not {_STATE_VERSION}")
+        """Restore a state written by ``state_dict`` (replacing the current one); returns self.
+
+        A version-1 state (written before ``product_precision`` was recorded) loads with the
+        worst product precision its kernel mode could have given."""
+        if state.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(f"state: version {state.get('version')!r} is not one of {_READABLE_VERSIONS}")
         fresh = Moments(precision=state["precision"])
         fresh.count = int(state["count"])
+        products = state.get("product_precision", _CONSERVATIVE[fresh.precision] if fresh.count else None)
+        if products is not None and products not in PRODUCT_ROUNDING:
+            raise ValueError(f"state['product_precision']: expected one of {', '.join(PRODUCT_ROUNDING)}, "
+                             f"got {products!r}")
+        fresh.product_precision = products
         if state["feature_shape"] is not None:
             shape, cross_shape = tuple(state["feature_shape"]), state["cross_feature_shape"]
             cross_shape = None if cross_shape is None else tuple(cross_shape)
@@ -338,4 +422,5 @@ class Moments:
     def __repr__(self) -> str:
         where = "" if self.device is None else f", device={self.device}"
         pairs = f", cross_dim={self.cross_dim}" if self.paired else ""
-        return f"Moments(count={self.count}, dim={self.dim}{pairs}{where}, precision={self.precision!r})"
+        return (f"Moments(count={self.count}, dim={self.dim}{pairs}{where}, precision={self.precision!r}, "
+                f"product_precision={self.product_precision!r})")

@@ -40,6 +40,26 @@ def centered_gram(a, a_shift, b=None, b_shift=None) -> torch.Tensor:
     return (a - a_shift).T @ (b - b_shift)
 
 
+def gaussian_of_data(data, ddof: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Gaussian of N rows with the exact-rank rule: (mean [d], eigvals [d] descending, eigvecs [d, d]).
+
+    data: [N, d]. The covariance of N rows centred on their mean has rank at most N - 1, so the
+    eigenvalues past min(N - 1, d) are exactly 0, and so are those within float64 eigh's
+    rounding (d * eps * lambda_max). Without this rule the null space would pass through at sigma = 0.
+    """
+    x = _f64(data)
+    n, d = x.shape
+    lam, u = torch.linalg.eigh(covariance(x, ddof))
+    lam, u = lam.flip(0), u.flip(1)
+    keep = (torch.arange(d) < min(n - 1, d)) & (lam > d * torch.finfo(torch.float64).eps * lam.max())
+    return mean(x), torch.where(keep, lam, torch.zeros(())), u
+
+
+def gaussian_denoiser_of_data(x, sigma, data, ddof: int = 0) -> torch.Tensor:
+    """D(x; s) of the exact-rank Gaussian of ``data`` [N, d] (``gaussian_of_data``): x [B, d], sigma [B]."""
+    return gaussian_denoiser(x, sigma, *gaussian_of_data(data, ddof))
+
+
 def gaussian_denoiser(x, sigma, mean, eigvals, eigvecs, lam_rest: float = 0.0) -> torch.Tensor:
     """D(x; s) = mu + U diag(w) U^T (x - mu) + a (I - U U^T)(x - mu) for each row.
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import fastgauss
@@ -16,15 +16,29 @@ FP32_TOL = 2e-5
 
 
 def random_gaussian(d: int, kind: str, g: torch.Generator):
-    """(mean [d], covariance [d, d]) in float64: full rank, rank-deficient (N < d samples), or spiky."""
+    """(mean [d], covariance [d, d]) in float64, full rank (rank-deficient ones come from fp32 data:
+    see ``fp32_moments``)."""
+    assert kind == "full"
     mean = torch.randn(d, generator=g, dtype=torch.float64)
-    if kind == "deficient":
-        samples = torch.randn(max(1, d // 3), d, generator=g, dtype=torch.float64)
-        cov = samples.T @ samples / samples.shape[0]
-    else:
-        a = torch.randn(d, d, generator=g, dtype=torch.float64)
-        cov = a @ a.T / d + 1e-3 * torch.eye(d, dtype=torch.float64)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.T / d + 1e-3 * torch.eye(d, dtype=torch.float64)
     return mean, cov
+
+
+def fp32_samples(n: int, d: int, g: torch.Generator, decay: float = 0.0) -> torch.Tensor:
+    """[n, d] float32 rows with per-feature spread decaying from 1 to 10^-decay (image-like spectra)
+    around a random offset."""
+    scale = torch.logspace(0, -decay, d, dtype=torch.float64)
+    offset = torch.randn(d, generator=g, dtype=torch.float64)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale + offset).float()
+
+
+def fp32_moments(data: torch.Tensor, g: torch.Generator, max_chunk: int = 97) -> fastgauss.Moments:
+    """Moments of fp32 rows streamed in random chunks, as a user would build them."""
+    m = fastgauss.Moments()
+    for part in data.split(int(torch.randint(1, max_chunk + 1, (1,), generator=g))):
+        m.update(part)
+    return m
 
 
 def eig_desc(cov):
@@ -46,17 +60,51 @@ def sigmas_for(batch: int, g: torch.Generator) -> torch.Tensor:
 @given(d=st.sampled_from(ODD_DIMS), batch=st.integers(1, 40), kind=st.sampled_from(["full", "deficient"]),
        truncate=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_module_matches_eigh_formula(backend, d, batch, kind, truncate, seed):
+    """Full rank: from a float64 covariance. Rank-deficient: from fp32 data (N = d // 3 + 1 < d rows)
+    streamed through Moments, against the exact-rank float64 formula of the same rows."""
     g = torch.Generator().manual_seed(seed)
-    mean, cov = random_gaussian(d, kind, g)
     rank = max(1, d // 2) if truncate else None
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank)
-    vals, vecs = eig_desc(cov)
+    if kind == "full":
+        mean, cov = random_gaussian(d, kind, g)
+        den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank)
+        vals, vecs = eig_desc(cov)
+    else:
+        data = fp32_samples(d // 3 + 1, d, g)
+        den = fastgauss.GaussianDenoiser.from_moments(fp32_moments(data, g), rank=rank)
+        mean, vals, vecs = ref.gaussian_of_data(data)
     r = rank or d
     x = (mean + torch.randn(batch, d, generator=g, dtype=torch.float64) * 2).float()
     s = sigmas_for(batch, g)
     got = den(x, s.float())
     expected = ref.gaussian_denoiser(x, s, mean, vals[:r], vecs[:, :r])
     assert rel_err(got, expected) < FP32_TOL
+
+
+#: The paper's hardest regime: N < d (and N = d - 1), small sigma, sigma = 0 included.
+RANK_SIGMAS = (0.0, 0.002, 0.01, 1.0)
+
+
+@given(shape=st.one_of(st.tuples(st.integers(2, 40), st.integers(41, 90)),   # N < d
+                       st.tuples(st.integers(41, 300), st.integers(1, 40))),  # N > d
+       decay=st.sampled_from([0.0, 1.0, 2.0]), ddof=st.sampled_from([0, 1]), seed=st.integers(0, 2**31 - 1))
+@example(shape=(10, 33), decay=0.0, ddof=0, seed=0)
+@example(shape=(64, 768), decay=2.0, ddof=0, seed=1)
+@example(shape=(200, 201), decay=1.0, ddof=1, seed=2)
+def test_from_fp32_moments_matches_the_exact_rank_formula(backend, shape, decay, ddof, seed):
+    """Issue 10, defect 1: GaussianDenoiser.from_moments of fp32 data within 2e-5 of the float64
+    formula at sigma in {0, 0.002, 0.01, 1}, for queries on and off the data (fresh draws)."""
+    n, d = shape
+    g = torch.Generator().manual_seed(seed)
+    data = fp32_samples(n, d, g, decay)
+    m = fp32_moments(data, g)
+    den = fastgauss.GaussianDenoiser.from_moments(m, ddof=ddof)
+    mean, vals, vecs = ref.gaussian_of_data(data, ddof)
+    fresh = mean + torch.randn(8, d, generator=g, dtype=torch.float64) * torch.logspace(0, -decay, d, dtype=torch.float64)
+    queries = torch.cat([data[:4], fresh.float()])  # training rows and fresh draws of the same law
+    for sigma in RANK_SIGMAS:
+        s = torch.full((queries.shape[0],), sigma, dtype=torch.float64)
+        expected = ref.gaussian_denoiser(queries, s, mean, vals, vecs)
+        assert rel_err(den(queries, s.float()), expected) < FP32_TOL, sigma
 
 
 @pytest.mark.parametrize("remainder", ["zero", "isotropic"])

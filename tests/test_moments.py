@@ -271,3 +271,78 @@ def test_precision_modes_are_validated_and_accepted(backend):
         assert rel_err(m.covariance(), ref.covariance(x)) < 1e-6
     with pytest.raises(ValueError, match="precision"):
         fastgauss.Moments(precision="fp8")
+
+
+# ---------------------------------------------------------------- exact rank and the product precision (issue 10)
+
+
+@given(n=st.integers(2, 60), d=st.integers(1, 80), seed=st.integers(0, 2**31 - 1))
+def test_eigh_applies_the_exact_rank_rule_to_fp32_data(backend, n, d, seed):
+    """N rows centred on their mean span at most N - 1 directions: past min(N - 1, d) the
+    eigenvalues are exactly 0 (fp32 products leave ~1e-7 lambda_max there), the rest match float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, d, generator=g, dtype=torch.float64) + 3).float()
+    m = stream(x, random_chunks(g, n, 17))
+    assert m.product_precision == "float32" and m.exact_rank() == min(n - 1, d)
+    vals, vecs = m.eigh()
+    ref_vals = torch.linalg.eigvalsh(ref.covariance(x)).flip(0)
+    r = min(n - 1, d)
+    assert torch.equal(vals[r:], torch.zeros(d - r, dtype=torch.float64))
+    assert (vals[:r] > 0).all()
+    assert rel_err(vals[:r], ref_vals[:r]) < 1e-6
+    assert rel_err(vecs.T @ vecs, torch.eye(d, dtype=torch.float64)) < 1e-12  # a basis of the null space too
+    top, top_vecs = m.eigh(rank=max(1, r))
+    assert torch.equal(top, vals[:max(1, r)]) and top_vecs.shape == (d, max(1, r))
+
+
+def test_eigh_zeroes_eigenvalues_below_the_products_rounding_level():
+    """N > d data in a 5-dimensional subspace: fp32 products put rounding (~1e-7 lambda_max) in the
+    other 35 directions; float64 products put far less, and the rule follows the precision."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2000, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 40, generator=g, dtype=torch.float64)
+    for data, products in ((x.float(), "float32"), (x, "float64")):
+        m = fastgauss.Moments().update(data)
+        assert m.product_precision == products
+        raw = torch.linalg.eigvalsh(m.covariance()).flip(0)
+        assert raw[5:].abs().max() > 0  # rounding is there before the rule
+        vals, _ = m.eigh()
+        assert (vals[:5] > 0).all() and torch.equal(vals[5:], torch.zeros(35, dtype=torch.float64))
+    assert fastgauss.Moments().update(x.float()).rounding_level() > fastgauss.Moments().update(x).rounding_level()
+
+
+def test_product_precision_is_recorded_merged_and_saved(backend, tmp_path):
+    x = torch.randn(30, 6)
+    m32, m64 = fastgauss.Moments().update(x), fastgauss.Moments().update(x.double())
+    assert fastgauss.Moments().product_precision is None
+    assert (m32.product_precision, m64.product_precision) == ("float32", "float64")
+    assert fastgauss.Moments().update(x.half()).product_precision == "float32"
+    assert fastgauss.Moments().merge(m64).merge(m32).product_precision == "float32"  # the worst of both
+    torch.save(m32.state_dict(), tmp_path / "m.pt")
+    loaded = fastgauss.Moments().load_state_dict(torch.load(tmp_path / "m.pt"))
+    assert loaded.product_precision == "float32" and "product_precision" in repr(loaded)
+    assert torch.equal(loaded.eigh()[0], m32.eigh()[0])
+
+
+@pytest.mark.parametrize("precision,assumed", [("ieee", "float32"), ("tf32x3", "tf32x3"), ("tf32", "tf32")])
+def test_old_state_dicts_load_with_a_conservative_product_precision(precision, assumed):
+    """Version-1 states did not record the products: assume the worst their kernel mode allows."""
+    state = fastgauss.Moments(precision=precision).update(torch.randn(20, 4, dtype=torch.float64)).state_dict()
+    state["version"] = 1
+    del state["product_precision"]
+    m = fastgauss.Moments().load_state_dict(state)
+    assert m.product_precision == assumed and m.count == 20
+    state["product_precision"] = "fp8"
+    state["version"] = 2
+    with pytest.raises(ValueError, match="product_precision"):
+        fastgauss.Moments().load_state_dict(state)
+
+
+def test_cuda_products_follow_the_process_tf32_setting(monkeypatch):
+    """The PyTorch path's products are TF32 when the process allows it: the record says so
+    (checked without changing the process-wide flag: its reader is patched)."""
+    from fastgauss import moments as mod
+
+    x = torch.randn(4, 3)
+    assert mod._torch_products(x) == "float32" and mod._torch_products(x.double()) == "float64"
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert mod._torch_products(x) == "tf32" and mod._torch_products(x.double()) == "float64"
