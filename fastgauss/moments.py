@@ -166,7 +166,9 @@ class Moments:
         max(ROUNDING_FACTOR * u, d * eps64), u the unit roundoff of ``product_precision``.
         """
         self._require_samples(1, "rounding_level")
-        products = ROUNDING_FACTOR * PRODUCT_ROUNDING[self.product_precision]
+        # None with samples: the state came from ranks that did not say (all_reduce of empty ranks).
+        recorded = self.product_precision or _CONSERVATIVE[self.precision]
+        products = ROUNDING_FACTOR * PRODUCT_ROUNDING[recorded]
         return max(products, self.dim * PRODUCT_ROUNDING["float64"] * 2)
 
     def exact_rank(self) -> int:

@@ -21,30 +21,42 @@ def components_for_variance(eigvals: torch.Tensor, fractions=(0.9, 0.99, 0.999))
             for f in fractions}
 
 
+def nonzero_spectrum(eigvals: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(rank, eigvals[:rank]): the eigenvalues a plot shows, the exact zeros left out.
+
+    eigvals: [d] descending, with exact zeros past the covariance's rank (``Moments.eigh``
+    applies the exact-rank rule), so nothing at rounding level is drawn as variance.
+    """
+    rank = int((eigvals > 0).sum())
+    return rank, eigvals[:rank]
+
+
 def plot_spectrum(path: Path, eigvals: torch.Tensor, mean: torch.Tensor, eigvecs: torch.Tensor,
                   feature_shape: tuple[int, ...], title: str, n_images: int = 7) -> Path:
     """PNG: eigenvalue spectrum, cumulative variance, and (for images) the mean and top eigenvectors.
 
-    eigvals: [r] descending; mean: [d]; eigvecs: [d, r]; feature_shape: (C, H, W) or (d,).
+    eigvals: [r] descending (exact zeros past the rank, as ``Moments.eigh`` gives them); mean: [d];
+    eigvecs: [d, r]; feature_shape: (C, H, W) or (d,). Only the nonzero eigenvalues are drawn, and
+    the titles state the rank: the rest are exactly 0, not small.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: the user's backend is left as it is
 
     is_image = len(feature_shape) == 3 and feature_shape[0] in (1, 3)
     rows = 2 if is_image else 1
-    fig = plt.figure(figsize=(10, 3.6 + 1.6 * (rows - 1)), constrained_layout=True)
+    fig = Figure(figsize=(10, 3.6 + 1.6 * (rows - 1)), constrained_layout=True)
     grid = fig.add_gridspec(rows, n_images + 1, height_ratios=[3.6, 1.6][:rows])
-    k = torch.arange(1, eigvals.numel() + 1)
+    rank, shown = nonzero_spectrum(eigvals)
+    k = torch.arange(1, rank + 1)
     ax = fig.add_subplot(grid[0, : (n_images + 1) // 2])
-    positive = eigvals > 0
-    ax.semilogy(k[positive], eigvals[positive], lw=1.5)
-    ax.set(xlabel="component k", ylabel="eigenvalue $\\lambda_k$", title="covariance spectrum")
+    if rank:
+        ax.semilogy(k, shown, lw=1.5, label=f"rank {rank}: the other {eigvals.numel() - rank} are exactly 0")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set(xlabel="component k", ylabel="eigenvalue $\\lambda_k$",
+           title=f"covariance spectrum (rank {rank} of {eigvals.numel()})")
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(grid[0, (n_images + 1) // 2:])
     total = eigvals.sum().clamp_min(torch.finfo(eigvals.dtype).tiny)
-    ax.plot(k, eigvals.cumsum(0) / total, lw=1.5)
+    ax.plot(k, shown.cumsum(0) / total, lw=1.5)
     counts = components_for_variance(eigvals)
     for count in counts.values():
         ax.axvline(count, color="gray", lw=0.6, ls=":")
@@ -65,5 +77,4 @@ def plot_spectrum(path: Path, eigvals: torch.Tensor, mean: torch.Tensor, eigvecs
             ax.axis("off")
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -346,3 +346,25 @@ def test_cuda_products_follow_the_process_tf32_setting(monkeypatch):
     assert mod._torch_products(x) == "float32" and mod._torch_products(x.double()) == "float64"
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
     assert mod._torch_products(x) == "tf32" and mod._torch_products(x.double()) == "float64"
+
+
+def test_spectrum_plot_shows_the_exact_zeros_as_such(tmp_path, monkeypatch):
+    """fastgauss stats' picture of N = 10 fp32 rows at d = 33: 9 eigenvalues drawn, rank stated;
+    before the exact-rank rule the rounding eigenvalues were drawn as real variance."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    from fastgauss.spectrum import components_for_variance, nonzero_spectrum, plot_spectrum
+
+    x = (torch.randn(10, 33, generator=torch.Generator().manual_seed(0)) + 2).float()
+    m = fastgauss.Moments().update(x)
+    vals, vecs = m.eigh()
+    assert nonzero_spectrum(vals)[0] == 9 and max(components_for_variance(vals).values()) <= 9
+    captured = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: captured.append(fig))
+    plot_spectrum(tmp_path / "s.png", vals, m.mean, vecs, (33,), "t")
+    spectrum_axes, cumulative_axes = captured[0].axes[:2]
+    drawn = spectrum_axes.lines[0].get_ydata()
+    assert len(drawn) == 9 and (drawn > 0).all()
+    assert "rank 9 of 33" in spectrum_axes.get_title()
+    assert len(cumulative_axes.lines[0].get_ydata()) == 9
