@@ -33,12 +33,14 @@ def forward_mode(x: torch.Tensor) -> bool:
     return forward_ad.unpack_dual(x).tangent is not None
 
 
-def network_dtype(network: nn.Module) -> torch.dtype:
-    """The dtype of the network's first floating parameter (float32 for a network without one)."""
-    for p in network.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+def network_dtype(network) -> torch.dtype | None:
+    """The dtype of the network's first floating parameter (else buffer); None when it has neither."""
+    if isinstance(network, nn.Module):
+        for tensors in (network.parameters(), network.buffers()):
+            for p in tensors:
+                if p.is_floating_point():
+                    return p.dtype
+    return None
 
 
 class Adapter(nn.Module):
@@ -141,8 +143,8 @@ class Adapter(nn.Module):
         raise ValueError(f"{name}: {what} differs from the model's: data {got}, model {want}")
 
     # ------------------------------------------------------------------ helpers
-    def _compute_dtype(self) -> torch.dtype:
-        return network_dtype(self.network) if isinstance(self.network, nn.Module) else torch.float32
+    def _compute_dtype(self) -> torch.dtype | None:
+        return network_dtype(self.network)
 
     def _context(self, x: torch.Tensor):
         """Autocast for a low-precision dtype= on a float32 network; the math attention path
@@ -161,11 +163,12 @@ class Adapter(nn.Module):
         return contextlib.nullcontext()
 
     def _net_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x cast to the dtype the network computes in (its parameters' dtype, or dtype= when given)."""
+        """x cast to the dtype the network computes in: dtype= when it is float32/float64, else the
+        network's parameters' dtype; unchanged for a network without tensors of its own."""
         target = self._compute_dtype()
         if self.dtype is not None and self.dtype not in LOW_PRECISION:
             target = self.dtype
-        return x.to(target)
+        return x if target is None else x.to(target)
 
     def _sigmas(self, sigma, batch: int, device) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):

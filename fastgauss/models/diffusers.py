@@ -130,7 +130,10 @@ class DiffusersDenoiser(Adapter):
     # ----------------------------------------------------------------- D(x)
     def _call(self, x_in: torch.Tensor, t: torch.Tensor, labels) -> torch.Tensor:
         kwargs = {} if labels is None else {"class_labels": labels}
-        out = self.network(self._net_input(x_in), t.to(torch.float32), **kwargs)
+        x_in = self._net_input(x_in)
+        # a float tensor (UNet2DModel truncates Python floats); float64 only for a float64 network
+        t = t.to(torch.float64 if x_in.dtype == torch.float64 else torch.float32)
+        out = self.network(x_in, t, **kwargs)
         out = getattr(out, "sample", out)
         if isinstance(out, (tuple, list)):
             out = out[0]
