@@ -11,6 +11,7 @@ Public API (see README.md for a tour):
                        linearity and Jacobian diagnostics of any denoiser
     verdict, Verdict   the three-way verdict (memorizes / undertrained / generalizes) with its evidence
     from_diffusers, from_edm, from_score, load_denoiser   pretrained models (diffusers, EDM, score SDE) as denoisers
+    analyze, Analysis  your own model against the Gaussian and memorizing denoisers of its data: report + verdict
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
@@ -26,10 +27,11 @@ from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .verdict import Verdict, verdict
+from .analyze import Analysis, analyze
 
 __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
            "EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
            "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
            "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment",
-           "Verdict", "verdict"]
+           "Verdict", "verdict", "Analysis", "analyze"]
 __version__ = "0.1.0"
