@@ -3,7 +3,9 @@
 Run ``python -m fastgauss.kernels.check``. For each build it reads the cubin with the
 cuobjdump that ships with Triton: registers, stack (spills), shared memory, and which
 matrix instructions the code uses. Exits 1 on a compile error, any spill, shared memory
-over the architecture's limit, or a kernel meant for tensor cores that uses none.
+over the architecture's limit, a kernel meant for tensor cores that does not use the arch's
+own matrix instruction (HMMA on sm_80, HGMMA on sm_90), or an exact-fp32 kernel that uses
+any. The first line printed names the Triton version that built the cubins.
 """
 
 from __future__ import annotations
@@ -91,9 +93,19 @@ def compile_entry(name, fn, signature, constexprs, num_warps, num_stages, expect
     except Exception as exc:  # the gate reports every failure, it does not stop at the first
         result.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         return result
-    if expect_mma and not any(op in result.mma for op in MMA_OPCODES):
-        result.error = f"expected tensor-core instructions, saw {result.mma or 'none'}"
+    result.error = instruction_problem(result.mma, expect_mma, arch)
     return result
+
+
+def instruction_problem(mma: str, expect_mma: bool, arch: int) -> str:
+    """'' when the matrix instructions seen (comma-separated, as in GateResult.mma) are right:
+    a tensor-core kernel uses the arch's own (HMMA on sm_80, HGMMA i.e. wgmma on sm_90), an
+    exact-fp32 kernel uses FFMA and nothing else."""
+    seen = [op for op in mma.split(",") if op]
+    wanted = ("HGMMA" if arch >= 90 else "HMMA") if expect_mma else "FFMA"
+    if (wanted in seen) if expect_mma else (seen == [wanted]):
+        return ""
+    return f"expected {wanted} instructions, saw {mma or 'none'}"
 
 
 def run_gate(modules=KERNEL_MODULES, archs=ARCHS) -> list[GateResult]:
@@ -129,6 +141,8 @@ def main(argv=None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         argv = sys.argv[1:] if argv is None else list(argv)
         return subprocess.run([sys.executable, "-m", __spec__.name, *argv], env=env).returncode
+    print(f"compile gate: triton {triton.__version__}, archs {', '.join(f'sm_{a}' for a in args.arch or ARCHS)}",
+          flush=True)
     results = run_gate(archs=tuple(args.arch or ARCHS))
     print(format_table(results))
     if args.json:

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.gate
+
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
@@ -24,6 +26,7 @@ def gate(tmp_path_factory):
 def test_every_kernel_compiles_without_spills_within_shared_memory(gate):
     proc, results = gate
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("compile gate: triton "), proc.stdout[:200]
     assert results, "the gate found no kernels"
     assert {r["arch"] for r in results} == {80, 90}
     assert all(not r["failures"] and r["registers"] > 0 for r in results)
@@ -43,3 +46,14 @@ def test_gate_refuses_to_run_under_the_interpreter():
 
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         check.run_gate()
+
+
+@pytest.mark.parametrize("mma,expect_mma,arch,ok", [
+    ("HGMMA", True, 90, True), ("HMMA", True, 90, False), ("HMMA", True, 80, True), ("FFMA", True, 80, False),
+    ("FFMA", False, 90, True), ("HMMA", False, 80, False), ("", False, 80, False), ("", True, 90, False),
+])
+def test_gate_instruction_rule(mma, expect_mma, arch, ok):
+    from fastgauss.kernels import check
+
+    problem = check.instruction_problem(mma, expect_mma, arch)
+    assert (problem == "") == ok, problem
