@@ -8,8 +8,9 @@ onto ``[-1, 1]``:
 * ``bool`` (0 .. 1): ``2 * x - 1``
 * scikit-learn digits (0 .. 16): ``x / 8 - 1``
 * scikit-image float images (0 .. 1): ``2 * x - 1``
-* float arrays from ``.npy`` / ``.npz``: returned unchanged (assumed already
-  in ``[-1, 1]``), only cast to ``float32`` and checked to be finite
+* float arrays from ``.npy`` / ``.npz``: returned unchanged (cast to ``float32``),
+  checked to be finite and, for images, in ``[-1, 1]`` (within ``RANGE_TOLERANCE``); with
+  ``scale="0-1"`` or ``scale="0-255"`` mapped from that range instead
 
 Sources
 -------
@@ -46,7 +47,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["BUNDLED", "IMAGE_EXTENSIONS", "dataset_names", "load_dataset"]
+__all__ = ["BUNDLED", "IMAGE_EXTENSIONS", "SCALES", "dataset_names", "load_dataset"]
+
+#: Source ranges a float array can be mapped from onto [-1, 1] (``scale=`` of :func:`load_dataset`).
+SCALES: dict[str, tuple[float, float]] = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0)}
+#: How far outside its range a float array may stray, as a fraction of the half-width of the range
+#: (rounding of a conversion done elsewhere); such values are kept as they are.
+RANGE_TOLERANCE = 1e-3
 
 #: Bundled datasets: name -> one-line description.
 BUNDLED: dict[str, str] = {
@@ -86,7 +93,7 @@ def dataset_names() -> list[str]:
     return list(BUNDLED)
 
 
-def load_dataset(source: str | os.PathLike, *, limit: int | None = None) -> torch.Tensor:
+def load_dataset(source: str | os.PathLike, *, limit: int | None = None, scale: str | None = None) -> torch.Tensor:
     """Load a dataset as a ``float32`` tensor scaled to ``[-1, 1]``.
 
     Parameters
@@ -121,13 +128,20 @@ def load_dataset(source: str | os.PathLike, *, limit: int | None = None) -> torc
           last dim is in {1, 3, 4} and dim 1 is not) -> ``[N, C, H, W]``;
           ``[N, d]`` flat vectors stay a 2-D ``[N, d]`` tensor. ``uint8`` is
           scaled by ``x / 127.5 - 1``, ``bool`` by ``2 * x - 1``; float arrays are
-          returned unchanged (cast to ``float32``) and must be finite; other
-          dtypes are rejected.
+          returned unchanged (cast to ``float32``) and must be finite and, for
+          images, within ``[-1, 1]`` (give ``scale`` otherwise; flat ``[N, d]``
+          vectors need not be pixels and are not range-checked without ``scale``);
+          other dtypes are rejected.
     limit:
         Keep only the first ``limit`` items (in the deterministic order above).
         Must be ``>= 1`` and at most the number of items in the source. For
         folders and zips only the kept images are decoded, so the size and
         channel checks apply to those images only.
+    scale:
+        For float ``.npy`` / ``.npz`` arrays only: the range the values are in,
+        ``"0-1"`` (mapped by ``2 * x - 1``) or ``"0-255"`` (``x / 127.5 - 1``);
+        values outside it (beyond ``RANGE_TOLERANCE``) are an error. ``None``
+        (default): the values must already be in ``[-1, 1]``.
 
     Returns
     -------
@@ -148,18 +162,23 @@ def load_dataset(source: str | os.PathLike, *, limit: int | None = None) -> torc
     (10, 1, 25, 25)
     """
     _check_limit(limit)
+    if scale is not None and scale not in SCALES:
+        raise ValueError(f"scale: expected None or one of {', '.join(repr(k) for k in SCALES)}, got {scale!r}")
     if isinstance(source, str) and source in BUNDLED:
+        _scale_only_for_arrays(scale, source)
         return _load_bundled(source, limit)
 
     path = Path(os.fsdecode(os.fspath(source)))
     if path.is_dir():
+        _scale_only_for_arrays(scale, path)
         return _load_folder(path, limit)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".zip":
+            _scale_only_for_arrays(scale, path)
             return _load_zip(path, limit)
         if suffix in (".npy", ".npz"):
-            return _load_array_file(path, limit)
+            return _load_array_file(path, limit, scale)
         raise ValueError(
             f"unsupported dataset file '{path}': expected a folder, .zip, .npy or .npz"
         )
@@ -169,6 +188,12 @@ def load_dataset(source: str | os.PathLike, *, limit: int | None = None) -> torc
         f"unknown dataset '{source}': not a file or folder, and not one of the "
         f"bundled datasets: {', '.join(dataset_names())}"
     )
+
+
+def _scale_only_for_arrays(scale: str | None, source) -> None:
+    if scale is not None:
+        raise ValueError(f"scale: {scale!r} applies to float .npy/.npz arrays only; '{source}' has a known "
+                         "pixel range and is scaled to [-1, 1] already")
 
 
 # ------------------------------------------------------------------ limit handling
@@ -356,7 +381,7 @@ def _decode_image(name: str, opener: Opener) -> np.ndarray:
 # ----------------------------------------------------------------- .npy and .npz
 
 
-def _load_array_file(path: Path, limit: int | None) -> torch.Tensor:
+def _load_array_file(path: Path, limit: int | None, scale: str | None = None) -> torch.Tensor:
     arr = _read_array(path)
     if arr.ndim not in (2, 3, 4):
         raise ValueError(
@@ -366,7 +391,7 @@ def _load_array_file(path: Path, limit: int | None) -> torch.Tensor:
     n = _kept_count(arr.shape[0], limit, f"'{path}'")
     if n == 0:
         raise ValueError(f"array in '{path}' holds no items (shape {arr.shape})")
-    return _to_tensor(_scale_array(_to_nchw(arr[:n], path), path))
+    return _to_tensor(_scale_array(_to_nchw(arr[:n], path), path, scale, check_range=arr.ndim > 2))
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -393,6 +418,17 @@ def _read_array(path: Path) -> np.ndarray:
             raise ValueError(f"cannot read array '{key}' from '{path}': {e}") from e
 
 
+def _scale_hint(lo: float, hi: float) -> str:
+    """Which scale= (or --scale) maps a float range found in the data."""
+    for name, (a, b) in SCALES.items():
+        tol = RANGE_TOLERANCE * (b - a) / 2
+        if lo >= a - tol and hi <= b + tol:
+            return (f"if the data is in {a:g}..{b:g}, pass scale={name!r} to load_dataset "
+                    f"(--scale {name} on the command line) to map it onto [-1, 1]")
+    return ("no scale= fits it (0-1 or 0-255): map the data onto [-1, 1] before saving it "
+            f"(e.g. 2 * (x - {lo:.4g}) / ({hi:.4g} - {lo:.4g}) - 1)")
+
+
 def _to_nchw(arr: np.ndarray, path: Path) -> np.ndarray:
     """Bring a 2/3/4-D array to ``[N, d]`` or ``[N, C, H, W]`` (no scaling)."""
     if arr.ndim == 2:
@@ -409,12 +445,16 @@ def _to_nchw(arr: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
-def _scale_array(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Scale by dtype: uint8 and bool to ``[-1, 1]``; floats unchanged but must be finite."""
-    if arr.dtype == np.uint8:
-        return _scale(arr, 0.0, 255.0)
-    if arr.dtype == np.bool_:
-        return _scale(arr, 0.0, 1.0)
+def _scale_array(arr: np.ndarray, path: Path, scale: str | None = None, *, check_range: bool = True) -> np.ndarray:
+    """Scale by dtype: uint8 and bool to ``[-1, 1]``; floats must be finite and either in
+    ``[-1, 1]`` (returned unchanged) or in the ``scale`` range (mapped from it). Flat [N, d]
+    vectors (``check_range=False``) need not be pixels: without ``scale`` they pass unchanged."""
+    if arr.dtype in (np.uint8, np.bool_):
+        natural = "0-255" if arr.dtype == np.uint8 else "0-1"
+        if scale is not None and scale != natural:
+            raise ValueError(f"scale: {scale!r} does not fit the {arr.dtype} array in '{path}' (its range is "
+                             f"{natural}, mapped to [-1, 1] without scale=)")
+        return _scale(arr, *SCALES[natural])
     if np.issubdtype(arr.dtype, np.floating):
         out = arr.astype(np.float32)
         bad = int(arr.size - np.count_nonzero(np.isfinite(out)))
@@ -423,7 +463,16 @@ def _scale_array(arr: np.ndarray, path: Path) -> np.ndarray:
                 f"array in '{path}' has {bad} non-finite values (NaN or +/-inf after "
                 f"conversion to float32)"
             )
-        return out
+        lo, hi = (-1.0, 1.0) if scale is None else SCALES[scale]
+        found_lo, found_hi = (float(out.min()), float(out.max())) if out.size else (lo, hi)
+        tol = RANGE_TOLERANCE * (hi - lo) / 2
+        if (check_range or scale is not None) and (found_lo < lo - tol or found_hi > hi + tol):
+            given = "" if scale is None else f" (scale={scale!r})"
+            raise ValueError(f"float array in '{path}' has values in [{found_lo:.4g}, {found_hi:.4g}], outside "
+                             f"[{lo:g}, {hi:g}]{given}; {_scale_hint(found_lo, found_hi)}")
+        if scale is None:
+            return out
+        return ((out.astype(np.float64) - lo) / ((hi - lo) / 2) - 1.0).astype(np.float32)
     raise ValueError(
         f"array in '{path}' has unsupported dtype {arr.dtype}; expected uint8, bool "
         f"or a float dtype"

@@ -8,6 +8,7 @@ computes exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     n: int | None = None  # training-set size: a deterministic subset; None keeps all
+    scale: str | None = None  # range of a float .npy dataset (load_dataset's scale=); None: already [-1, 1]
     width: int = 32
     steps: int = 4000
     batch_size: int = 128
@@ -50,9 +52,49 @@ class TrainConfig:
     out: str = "fastgauss-out/train"
     identity: tuple = field(default=("dataset", "n", "width", "seed", "batch_size"), repr=False)
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "eval_samples", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if self.n is not None and (isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1):
+            raise ValueError(f"n: expected None (all) or an integer >= 1, got {self.n!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a finite learning rate > 0, got {self.lr!r}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
+
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + stream) % (2**63 - 1))
+
+
+def _init_weights(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """PyTorch's default initialization of every Linear, Conv and GroupNorm in ``model``, drawn from
+    ``generator`` in module order: the weights ``torch.manual_seed(s)`` followed by building the model
+    would give, without touching the global RNG. Returns ``model`` (CPU, initialized in place)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+                torch.nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    torch.nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            elif isinstance(module, torch.nn.GroupNorm) and module.affine:
+                torch.nn.init.ones_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+    return model
+
+
+def _build_network(channels: int, width: int, seed: int) -> torch.nn.Module:
+    """SmallUNet with weights drawn from a local generator seeded with ``seed`` (the global RNG is untouched)."""
+    with torch.device("meta"):  # shapes only: no random draws from the global generator
+        net = SmallUNet(channels=channels, width=width)
+    net = _init_weights(net.to_empty(device="cpu"), torch.Generator().manual_seed(seed))
+    torch.nn.init.zeros_(net.out[-1].weight)  # SmallUNet starts as the identity's residual: F = 0
+    torch.nn.init.zeros_(net.out[-1].bias)
+    return net
 
 
 class Trainer:
@@ -65,10 +107,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: torch.Tensor | None = None, *, device="cpu"):
         self.config = config
-        data = load_dataset(config.dataset) if data is None else data
+        data = load_dataset(config.dataset, scale=config.scale) if data is None else data
         self.train_set = (subset(data, config.n, seed=config.seed) if config.n else data).to(device)
-        torch.manual_seed(config.seed)
-        self.model = EDMDenoiser(SmallUNet(channels=self.train_set.shape[1], width=config.width)).to(device)
+        self.model = EDMDenoiser(_build_network(self.train_set.shape[1], config.width, config.seed)).to(device)
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.world, self.rank = _world()
@@ -76,6 +117,7 @@ class Trainer:
         self.forward_model = self.model if self.world == 1 else torch.nn.parallel.DistributedDataParallel(self.model)
         self.step = 0
         self.out = Path(config.out)
+        self.saved_step: int | None = None  # the step of the last checkpoint written or resumed from
         self._references = None
 
     # ------------------------------------------------------------------ training
@@ -87,8 +129,9 @@ class Trainer:
         loss = edm_loss(self.forward_model, batch, generator=_step_generator(self.config.seed, self.step, 1),
                         sigma_data=self.model.sigma_data, shard=(self.rank, self.world) if self.world > 1 else None)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}; the last good checkpoint is "
-                                     f"{self.out / 'checkpoint.pt'}")
+            where = ("no checkpoint has been written yet" if self.saved_step is None else
+                     f"the last good checkpoint is {self.out / 'checkpoint.pt'} (step {self.saved_step})")
+            raise FloatingPointError(f"non-finite loss at step {self.step} (learning rate {lr:g}); {where}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -102,7 +145,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         records = []
         bar = tqdm(total=target, initial=self.step, desc=f"train n={self.train_set.shape[0]} w={self.config.width}",
-                   disable=not progress, unit="step")
+                   disable=not progress or self.rank != 0, unit="step")  # under torchrun only rank 0 shows one
         started, loss = time.perf_counter(), float("nan")
         done_here = 0
         while self.step < target:
@@ -115,6 +158,7 @@ class Trainer:
                 if measure:
                     records.append(self.measure(loss))
                 self.save(self.out / "checkpoint.pt")
+                self.saved_step = self.step
         bar.close()
         return records
 
@@ -143,9 +187,11 @@ class Trainer:
                                  generator=noise(1))
         latents = torch.randn((cfg.eval_samples, *self.train_set.shape[1:]), generator=noise(2)).to(self.train_set)
         samples = sample_euler(net, latents, edm_sigmas(10))
+        fresh = gaussian_samples(gaussian, cfg.eval_samples, generator=noise(3))  # the GL score's reference
         record = {"step": self.step, "loss": loss, "n": n, "width": cfg.width, "sigma": list(cfg.eval_sigmas),
                   "rmse_gaussian": to_gauss.value.tolist(), "rmse_empirical": to_emp.value.tolist(),
                   "linearity": linear.value.tolist(), "gl_score": gl_score(samples, self.train_set),
+                  "gl_score_gaussian": gl_score(fresh, self.train_set),
                   "memorization_ratio": memorization_ratio(samples, self.train_set) if n >= 2 else float("nan")}
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -183,8 +229,23 @@ class Trainer:
         trainer.model.load_state_dict(state["model"])
         trainer.ema.model.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.step = int(state["step"])
+        trainer.step = trainer.saved_step = int(state["step"])
         return trainer
+
+
+def gaussian_samples(gaussian: GaussianDenoiser, count: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` fresh samples of N(mu, Sigma) with the Gaussian denoiser's mean and covariance:
+    mu + U diag(sqrt(lambda)) z (+ sqrt(lam_rest) times the part of z outside span(U)), z ~ N(0, I)
+    drawn in float64 on the CPU from ``generator``. Returns [count, *feature_shape] in the mean's
+    dtype and device. These are the reference of the GL score (fastgauss.verdict)."""
+    u, lam = gaussian.eigvecs.double().cpu(), gaussian.eigvals.double().cpu()
+    d, rest = u.shape[0], float(gaussian.lam_rest)
+    z = torch.randn(count, d, generator=generator, dtype=torch.float64)
+    coeffs = z @ u  # [count, r]
+    x = gaussian.mean.double().cpu() + (coeffs * lam.clamp_min(0).sqrt()) @ u.T
+    if rest > 0:
+        x = x + math.sqrt(rest) * (z - coeffs @ u.T)
+    return x.reshape(count, *gaussian.feature_shape).to(gaussian.mean)
 
 
 def _world() -> tuple[int, int]:

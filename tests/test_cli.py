@@ -7,6 +7,7 @@ import pytest
 import numpy as np
 import torch
 
+import fastgauss
 from fastgauss import reference as ref
 from fastgauss.cli import main
 from fastgauss.data import load_dataset
@@ -52,6 +53,7 @@ def test_train_command_runs_and_resumes(tmp_path, capsys):
             "--eval-every", "2", "--out", str(out), "--quiet", "--device", "cpu"]
     assert main(args) == 0
     assert "memorization ratio" in capsys.readouterr().out
+    assert (out / "curve.png").stat().st_size > 1000  # a curve of its measurements
     assert main([*args[:8], "6", *args[9:], "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out
     assert len((out / "log.jsonl").read_text().splitlines()) == 3  # steps 2, 4, then 6
@@ -69,6 +71,12 @@ def test_demo_runs_end_to_end_in_a_reduced_mode(tmp_path, capsys):
     assert summary["models"]["memorizing"]["n"] == 32 and summary["models"]["generalizing"]["n"] == 1797
     for m in summary["models"].values():
         assert len(m["rmse_gaussian"]) == len(m["sigma"]) == len(m["linearity"])
+        assert m["verdict"]["label"] in ("memorizes", "undertrained", "generalizes")
+        assert m["verdict"]["gl_score_gaussian"] == m["gl_score_gaussian"] > 0
+    report = (out / "summary.md").read_text()
+    assert "above 0.6" not in report and "Verdict:" in report and "fresh N(mu, Sigma) samples" in report
+    for term in ("GL score", "memorization ratio", "RMSE ratio", "linearity", "verdict"):
+        assert f"**{term}" in report, term  # each number the report prints is defined in it
     for name in ("summary.md", "distances.png", "samples.png"):
         assert (out / name).stat().st_size > 500, name
 
@@ -85,6 +93,7 @@ def test_train_under_torchrun_with_two_gloo_processes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (out / "checkpoint.pt").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert proc.stdout.count("wrote ") == 1 and proc.stdout.count("GL score") == 1  # only rank 0 prints
 
 
 def test_reproduce_sweeps_and_reports_regimes(tmp_path, capsys):
@@ -93,8 +102,17 @@ def test_reproduce_sweeps_and_reports_regimes(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     rows = json.loads((out / "sweep.json").read_text())
     assert [r["n"] for r in rows] == [16, 1797]
-    assert all(r["regime"] in ("memorizes", "generalizes") for r in rows)
-    assert "| N | width | steps | regime" in capsys.readouterr().out
+    assert all(r["regime"] in ("memorizes", "undertrained", "generalizes") for r in rows)
+    for r in rows:  # the verdict is fastgauss.verdict of the evidence printed beside it
+        rec = r["record"]
+        again = fastgauss.verdict(memorization_ratio=rec["memorization_ratio"], gl_score=rec["gl_score"],
+                                  gl_score_gaussian=rec["gl_score_gaussian"],
+                                  rmse_to_empirical=dict(zip(rec["sigma"], rec["rmse_empirical"])),
+                                  rmse_to_gaussian=dict(zip(rec["sigma"], rec["rmse_gaussian"])))
+        assert r["verdict"] == again.to_dict() and r["regime"] == again.label
+    printed = capsys.readouterr().out
+    assert "| N | width | steps | verdict | memorization ratio" in printed and "GL score, N(mu, Sigma)" in printed
+    assert "What the numbers mean" in printed and "rule" not in printed.split("Why each verdict")[0]
     assert (out / "sweep.png").stat().st_size > 1000
     with pytest.raises(SystemExit):  # argparse rejects the list, naming it
         main(["reproduce", "--sizes", "a,b", "--out", str(out)])

@@ -299,3 +299,61 @@ def test_npz_ambiguous_lists_names(tmp_path):
     np.savez(tmp_path / "amb.npz", foo=np.zeros((2, 3, 3)), bar=np.ones((2, 3, 3)))
     with pytest.raises(ValueError, match=r"(?=.*foo)(?=.*bar)"):
         load_dataset(tmp_path / "amb.npz")
+
+
+# ------------------------------------------------- float range check and scale= (issue 12)
+
+
+@pytest.mark.parametrize("low, high, hint", [(0, 255, "scale='0-255'"), (0, 1.5, "scale='0-255'"),
+                                             (-3, 0.5, "no scale= fits")])
+def test_float_images_outside_minus_one_one_are_rejected(tmp_path, low, high, hint):
+    arr = np.random.default_rng(60).uniform(low, high, size=(6, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "f.npy", arr)
+    with pytest.raises(ValueError, match=r"outside \[-1, 1\]") as info:
+        load_dataset(tmp_path / "f.npy")
+    assert f"{arr.min():.4g}" in str(info.value) and f"{arr.max():.4g}" in str(info.value)
+    assert hint in str(info.value)
+
+
+def test_float_images_in_zero_one_pass_unchanged_and_rounding_is_tolerated(tmp_path):
+    arr = np.random.default_rng(61).uniform(-1, 1, size=(6, 5, 5)).astype(np.float32)
+    arr[0, 0, 0], arr[0, 0, 1] = 1.0005, -1.0005  # a conversion's rounding elsewhere
+    np.save(tmp_path / "f.npy", arr)
+    assert torch.equal(load_dataset(tmp_path / "f.npy"), torch.from_numpy(arr)[:, None])
+    arr[0, 0, 0] = 1.01
+    np.save(tmp_path / "f.npy", arr)
+    with pytest.raises(ValueError, match="outside"):
+        load_dataset(tmp_path / "f.npy")
+
+
+@pytest.mark.parametrize("scale, high", [("0-255", 255.0), ("0-1", 1.0)])
+def test_scale_maps_float_arrays(tmp_path, scale, high):
+    arr = np.random.default_rng(62).uniform(0, high, size=(6, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "f.npy", arr)
+    x = load_dataset(tmp_path / "f.npy", scale=scale)
+    ref = torch.from_numpy((arr.astype(np.float64) / (high / 2) - 1).astype(np.float32))[:, None]
+    assert torch.equal(x, ref)
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+
+
+def test_scale_errors(tmp_path):
+    arr = np.random.default_rng(63).uniform(0, 255, size=(6, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "f.npy", arr)
+    with pytest.raises(ValueError, match=r"outside \[0, 1\].*scale='0-255'"):
+        load_dataset(tmp_path / "f.npy", scale="0-1")
+    with pytest.raises(ValueError, match="scale: expected None or one of"):
+        load_dataset(tmp_path / "f.npy", scale="0-65535")
+    with pytest.raises(ValueError, match="scale: '0-1' applies to float"):
+        load_dataset("digits", scale="0-1")
+    np.save(tmp_path / "u.npy", arr.astype(np.uint8))
+    with pytest.raises(ValueError, match="scale: '0-1' does not fit the uint8"):
+        load_dataset(tmp_path / "u.npy", scale="0-1")
+    assert torch.equal(load_dataset(tmp_path / "u.npy", scale="0-255"), load_dataset(tmp_path / "u.npy"))
+
+
+def test_flat_vectors_are_not_range_checked_but_scale_applies(tmp_path):
+    arr = np.random.default_rng(64).normal(scale=5, size=(10, 3)).astype(np.float32)
+    np.save(tmp_path / "v.npy", arr)
+    assert torch.equal(load_dataset(tmp_path / "v.npy"), torch.from_numpy(arr))
+    with pytest.raises(ValueError, match="outside"):
+        load_dataset(tmp_path / "v.npy", scale="0-1")
