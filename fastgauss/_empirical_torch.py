@@ -1,12 +1,20 @@
 """Streaming (flash-attention style) empirical denoiser on PyTorch: chunks of the training set
-flow past the queries; running max, sum of exponentials and weighted sums merge exactly.
+flow past the queries; per query a weighted-mean / weighted-covariance partial merges exactly.
 
 With a shift c (the data mean), y' = y - c and x' = x - c, the logits are
-    s_i = (x' . y'_i - |y'_i|^2 / 2) / sigma^2          (the |x'|^2 term cancels in the softmax)
-and, with w = softmax(s):  D = c + sum_i w_i y'_i,
-    J v   = (sum_i w_i y'_i (y'_i . v) - D' (D' . v)) / sigma^2      (D' = D - c)
-    dD/ds = -(2 / sigma) (sum_i w_i s_i y'_i - D' sum_i w_i s_i).
-Memory per chunk of c rows: O(B c) for the logits, never O(B N).
+    s_i = z_i / sigma^2,   z_i = x' . y'_i - |y'_i|^2 / 2     (= (|x'|^2 - |x - y_i|^2) / 2)
+and, with w = softmax(s):  D = c + mu,  mu = sum_i w_i y'_i,
+    J v   = sum_i w_i (y'_i - mu)((y'_i - mu) . v) / sigma^2          (J = dD/dx, symmetric)
+    dD/ds = -2 sum_i w_i (y'_i - mu)(z_i - zbar) / sigma^3              (zbar = sum_i w_i z_i).
+Both are weighted covariances, accumulated around the running weighted mean (never as the
+difference of two large second moments, which cancels catastrophically at small sigma).
+
+Partial state per query (``Partial``): m (reference logit), l = sum e^{s_i - m}, mu, and
+C_v = sum e^{s_i - m} (y'_i - mu)((y'_i - mu) . v) per probe v, zbar, C_z = sum e^{s_i - m}
+(y'_i - mu)(z_i - zbar). Two partials over disjoint rows merge exactly (Chan et al.):
+    alpha_a = e^{m_a - m}, L_a = l_a alpha_a, l = L_a + L_b, delta = mu_b - mu_a,
+    mu = mu_a + delta L_b / l,  C = C_a alpha_a + C_b alpha_b + (L_a L_b / l) delta (delta . v).
+Memory per chunk of c rows: O(B c (K + 2)) for the logits, never O(B N).
 """
 
 from __future__ import annotations
@@ -17,99 +25,181 @@ import torch
 
 #: Bytes of logits / weights per chunk: bounds the workspace (B x chunk) of every pass.
 WORKSPACE_BYTES = 24 << 20
-
-
 #: Bytes of one data chunk: small enough to stay in cache between its copy and its products.
 CHUNK_CACHE_BYTES = 8 << 20
+#: Bytes of the float64 [P, d] temporaries of one block of exactly re-scored rows.
+EXACT_BYTES = 8 << 20
 
 
 def chunk_rows(batch: int, dim: int, element_size: int, probes: int = 0, budget: int = WORKSPACE_BYTES) -> int:
     """Rows of data per chunk: the [B, c] temporaries fit in ``budget`` and the chunk in cache."""
-    by_workspace = budget // (element_size * batch * (2 + probes))
+    by_workspace = budget // (element_size * max(1, batch) * (3 + 2 * probes))
     by_cache = CHUNK_CACHE_BYTES // (element_size * dim)
     return max(16, min(by_workspace, by_cache))
 
 
+def _weight(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """e^{a - m}, 0 where a = -inf (an empty partial)."""
+    return torch.where(torch.isfinite(a), torch.exp(a - m), torch.zeros_like(a))
+
+
 @dataclass
 class Partial:
-    """Softmax partial over some rows of the data, per query (all tensors share dtype/device).
+    """Weighted-covariance softmax partial over some rows of the data, per query.
 
-    m: [B] running max of the logits; l: [B] sum of exp(s - m); acc: [B, d] sum of exp(s - m) y';
-    optional acc_v: [K, B, d] sum of exp(s - m) y' (y' . v); acc_s: [B, d] and l_s: [B] for dD/dsigma.
+    m: [B] reference logit (-inf when no row); l: [B] sum of e^{s - m}; mu: [B, d] weighted
+    mean of the centred rows; cv: [K, B, d] or None (J v scatter); zbar: [B] and cz: [B, d] or
+    None (dD/dsigma scatter). All on one device; a chunk's partial may hold its [B, d] parts in
+    the products' dtype (the running state is float64).
     """
 
     m: torch.Tensor
     l: torch.Tensor
-    acc: torch.Tensor
-    acc_v: torch.Tensor | None = None
-    acc_s: torch.Tensor | None = None
-    l_s: torch.Tensor | None = None
+    mu: torch.Tensor
+    cv: torch.Tensor | None = None
+    zbar: torch.Tensor | None = None
+    cz: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch, dim, *, probes=None, sigma_grad=False, dtype, device) -> Partial:
         z = dict(dtype=dtype, device=device)
         return cls(torch.full((batch,), float("-inf"), **z), torch.zeros(batch, **z), torch.zeros(batch, dim, **z),
                    None if probes is None else torch.zeros(probes, batch, dim, **z),
-                   torch.zeros(batch, dim, **z) if sigma_grad else None,
-                   torch.zeros(batch, **z) if sigma_grad else None)
+                   torch.zeros(batch, **z) if sigma_grad else None,
+                   torch.zeros(batch, dim, **z) if sigma_grad else None)
 
-    def rescaled(self, m_new: torch.Tensor) -> Partial:
-        """The same partial expressed against a larger running max."""
-        alpha = torch.exp(self.m - m_new)
-        alpha = torch.where(torch.isfinite(self.m), alpha, torch.zeros_like(alpha))
-        scale = lambda t, dims: None if t is None else t * alpha.reshape(alpha.shape + (1,) * dims)  # noqa: E731
-        return Partial(m_new, self.l * alpha, scale(self.acc, 1), None if self.acc_v is None else self.acc_v * alpha[:, None],
-                       scale(self.acc_s, 1), scale(self.l_s, 0))
+    def merged(self, other: Partial, probes: torch.Tensor | None = None) -> Partial:
+        """Exact merge of two partials over disjoint rows (``probes`` [K, B, d] when cv is kept)."""
+        copy = Partial(*(None if t is None else t.to(torch.promote_types(t.dtype, o.dtype), copy=True)
+                         for t, o in zip(self._fields(), other._fields())))
+        return copy.merge_(other, probes)
 
-    def merged(self, other: Partial) -> Partial:
-        """Exact log-sum-exp merge of two partials over disjoint rows."""
+    def merge_(self, other: Partial, probes: torch.Tensor | None = None) -> Partial:
+        """In place: fold ``other`` (disjoint rows, left unchanged) into this partial; returns self.
+
+        The update needs no temporary of the size of cv ([K, B, d]): the memory of a pass is
+        its state and one chunk."""
         m = torch.maximum(self.m, other.m)
-        a, b = self.rescaled(m), other.rescaled(m)
-        add = lambda u, v: None if u is None else u + v  # noqa: E731
-        return Partial(m, a.l + b.l, a.acc + b.acc, add(a.acc_v, b.acc_v), add(a.acc_s, b.acc_s), add(a.l_s, b.l_s))
+        a, b = _weight(self.m, m), _weight(other.m, m)
+        la, lb = self.l * a, other.l * b
+        l = la + lb
+        positive = l > 0
+        frac = torch.where(positive, lb / torch.where(positive, l, 1), 0)
+        cross = la * frac  # L_a L_b / l
+        delta = other.mu.to(self.mu.dtype) - self.mu
+        if self.cv is not None:
+            dv = torch.einsum("kbd,bd->kb", probes.to(delta.dtype), delta)[..., None]  # delta . v: [K, B, 1]
+            self.cv.mul_(a[:, None]).addcmul_(other.cv, b[:, None]).addcmul_(delta, dv * cross[:, None])
+        if self.cz is not None:
+            dz = other.zbar.to(self.zbar.dtype) - self.zbar
+            self.cz.mul_(a[:, None]).addcmul_(other.cz, b[:, None]).addcmul_(delta, (cross * dz)[:, None])
+            self.zbar = self.zbar + dz * frac
+        self.mu.addcmul_(delta, frac[:, None])
+        self.m, self.l = m, l
+        return self
+
+    def _fields(self):
+        return (self.m, self.l, self.mu, self.cv, self.zbar, self.cz)
+
+    def select(self, index: torch.Tensor) -> Partial:
+        """The partial of queries ``index`` only."""
+        pick = lambda t, dim=0: None if t is None else t.index_select(dim, index)  # noqa: E731
+        return Partial(pick(self.m), pick(self.l), pick(self.mu), pick(self.cv, 1), pick(self.zbar), pick(self.cz))
+
+    def replace(self, index: torch.Tensor, other: Partial) -> Partial:
+        """This partial with queries ``index`` taken from ``other`` (a partial of len(index) queries)."""
+        def put(t, o, dim=0):
+            return None if t is None else t.index_copy(dim, index, o.to(t))
+        return Partial(put(self.m, other.m), put(self.l, other.l), put(self.mu, other.mu), put(self.cv, other.cv, 1),
+                       put(self.zbar, other.zbar), put(self.cz, other.cz))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.m, self.l, self.mu, self.cv, self.zbar, self.cz) if t is not None]
+
+    def like(self, tensors: list[torch.Tensor]) -> Partial:
+        """A partial of the same fields from ``tensors`` (the order of ``tensors()``)."""
+        it = iter(tensors)
+        take = lambda t: None if t is None else next(it)  # noqa: E731
+        return Partial(*(take(t) for t in (self.m, self.l, self.mu, self.cv, self.zbar, self.cz)))
 
 
-def chunk_partial(state: Partial, xc: torch.Tensor, inv_var: torch.Tensor, yc: torch.Tensor,
-                  probes: torch.Tensor | None = None, norms: torch.Tensor | None = None) -> Partial:
-    """Fold one chunk of centred data yc: [c, d] into ``state`` (in place) and return it.
+def chunk_logits(xc: torch.Tensor, inv_var: torch.Tensor, yc: torch.Tensor, norms: torch.Tensor):
+    """(z, s): [B, c] unscaled logits x'.y' - |y'|^2 / 2 and logits z / sigma^2, in yc's dtype."""
+    z = torch.addmm(norms.mul(-0.5), xc, yc.T)
+    return z, z * inv_var[:, None]
 
-    xc: [B, d] centred queries; inv_var: [B] = 1 / sigma^2; probes: [K, B, d] or None;
-    norms: [c] squared norms of the chunk's rows (computed here in float64 when None).
+
+def chunk_partial(s: torch.Tensor, z: torch.Tensor, yc: torch.Tensor, probes: torch.Tensor | None = None,
+                  sigma_grad: bool = False, state_dtype=torch.float64) -> Partial:
+    """The partial of one chunk of centred rows yc: [c, d] from its logits s, z: [B, c].
+
+    Rows with s = -inf are left out. Products run in yc's dtype around a per-query reference
+    row r (the chunk's best row), so no two large terms are subtracted; probes: [K, B, d].
     """
-    if norms is None:
-        norms = (yc.to(torch.float64) ** 2).sum(1).to(yc.dtype)
-    logits = torch.addmm(norms.mul(-0.5), xc, yc.T).mul_(inv_var[:, None])  # [B, c]
-    m_new = torch.maximum(state.m, logits.max(1).values)
-    alpha = torch.where(torch.isfinite(state.m), torch.exp(state.m - m_new), torch.zeros_like(m_new))
-    state.m = m_new
-    state.l.mul_(alpha)
-    state.acc.mul_(alpha[:, None])
-    if state.acc_s is not None:
-        state.acc_s.mul_(alpha[:, None])
-        state.l_s.mul_(alpha)
-        scaled_logits = logits.clone()
-    p = logits.sub_(m_new[:, None]).exp_()  # reuses the logits' memory
-    state.l.add_(p.sum(1))
-    state.acc.addmm_(p, yc)
+    m = s.max(1).values
+    best = s.argmax(1)
+    p = torch.exp(s - torch.where(torch.isfinite(m), m, 0)[:, None])  # left-out rows: 0
+    l = p.sum(1)
+    linv = torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
+    mu = (p @ yc) * linv[:, None]
+    out = lambda t: None if t is None else t.to(state_dtype)  # noqa: E731
+    cv = zbar = cz = None
+    if probes is not None or sigma_grad:
+        r = yc.index_select(0, best)  # [B, d]
+        dm = mu - r
     if probes is not None:
-        state.acc_v.mul_(alpha[:, None])
-        state.acc_v.add_((p * (probes @ yc.T)) @ yc)
-    if state.acc_s is not None:
-        ps = scaled_logits.mul_(p)
-        state.acc_s.addmm_(ps, yc)
-        state.l_s.add_(ps.sum(1))
-    return state
+        pr = probes.to(yc.dtype)
+        t = torch.matmul(pr, yc.T).sub_(torch.einsum("kbd,bd->kb", pr, r)[..., None])  # (y' - r) . v: [K, B, c]
+        pt = t.mul_(p)
+        # sum p (y' - r)((y' - r).v) - l (mu - r)((mu - r).v)
+        cv = torch.matmul(pt, yc).addcmul_(r, pt.sum(-1, keepdim=True), value=-1)
+        cv.addcmul_(dm, (torch.einsum("kbd,bd->kb", pr, dm) * l)[..., None], value=-1)
+    if sigma_grad:
+        zbar = (p * z).sum(1) * linv
+        pdz = p * (z - zbar[:, None])
+        cz = (pdz @ yc).addcmul_(mu, pdz.sum(1, keepdim=True), value=-1)
+    # m, l, zbar in the state's dtype; the [B, d] and [K, B, d] parts stay in the products' dtype
+    # (merge_ folds them into a float64 state without a converted copy)
+    return Partial(out(m), out(l), mu, cv, out(zbar), cz)
+
+
+def exact_partial(batch: int, qid: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, center: torch.Tensor,
+                  var: torch.Tensor, probes: torch.Tensor | None = None, sigma_grad: bool = False) -> Partial:
+    """Float64 partial of selected (query, row) pairs, from direct differences.
+
+    qid: [P] query of each pair; rows: [P, d] raw data rows; x: [B, d] raw queries; center: [d];
+    var: [B] sigma^2; probes: [K, B, d]. All float64. Logits s = (|x'|^2 - |x - y|^2) / (2 sigma^2),
+    the frame of ``chunk_logits``.
+    """
+    q = (rows - x.index_select(0, qid)).pow_(2).sum(1)
+    xn = (x - center).pow(2).sum(1)
+    z = (xn.index_select(0, qid) - q) * 0.5
+    s = z / var.index_select(0, qid)
+    m = torch.full((batch,), float("-inf"), dtype=s.dtype, device=s.device).scatter_reduce(0, qid, s, "amax")
+    p = torch.exp(s - m.index_select(0, qid))
+    l = torch.zeros(batch, dtype=s.dtype, device=s.device).index_add_(0, qid, p)
+    linv = torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
+    yc = rows - center
+    mu = torch.zeros(batch, rows.shape[1], dtype=s.dtype, device=s.device).index_add_(0, qid, yc * p[:, None])
+    mu *= linv[:, None]
+    dy = yc.sub_(mu.index_select(0, qid))  # exact differences y' - mu
+    cv = zbar = cz = None
+    if probes is not None:
+        t = (dy * probes.index_select(1, qid)).sum(-1) * p  # [K, P]
+        cv = torch.zeros(probes.shape[0], batch, rows.shape[1], dtype=s.dtype, device=s.device)
+        cv.index_add_(1, qid, dy * t[..., None])
+    if sigma_grad:
+        zbar = torch.zeros_like(l).index_add_(0, qid, p * z) * linv
+        cz = torch.zeros_like(mu).index_add_(0, qid, dy * (p * (z - zbar.index_select(0, qid)))[:, None])
+    return Partial(m, l, mu, cv, zbar, cz)
 
 
 def finish(part: Partial, sigma: torch.Tensor, probes: torch.Tensor | None = None):
     """(D' = D - c: [B, d], J v: [K, B, d] or None, dD/dsigma: [B, d] or None) from a full partial."""
-    denoised = part.acc / part.l[:, None]
     jv = ds = None
-    var = (sigma * sigma)[:, None]
-    if probes is not None:
-        dv = (denoised * probes).sum(-1, keepdim=True)  # [K, B, 1]
-        jv = (part.acc_v / part.l[:, None] - denoised * dv) / var
-    if part.acc_s is not None:
-        mean_s = (part.l_s / part.l)[:, None]
-        ds = -(2 / sigma[:, None]) * (part.acc_s / part.l[:, None] - denoised * mean_s)
-    return denoised, jv, ds
+    inv_l = 1 / part.l
+    if part.cv is not None:
+        jv = part.cv * (inv_l / sigma**2)[:, None]
+    if part.cz is not None:
+        ds = part.cz * (-2 * inv_l / sigma**3)[:, None]
+    return part.mu, jv, ds
