@@ -93,3 +93,14 @@ def test_data_shape_and_latent_checks():
     with pytest.raises(ValueError, match=r"data: channel count differs from the model's: data \[1, 8, 8\], "
                                          r"model \[3, 8, 8\]"):
         pixel.check_data(torch.zeros(3, 1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["fastgauss.models.edm", "fastgauss.models.score", "fastgauss.models.diffusers"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    if name.endswith("diffusers"):
+        pytest.importorskip("diffusers")
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
