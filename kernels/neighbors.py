@@ -57,8 +57,8 @@ MAX_CANDIDATES = BLOCK_N
 
 
 def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
-                  y_norms: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices [B, count] of the smallest fp32 distances, ties to the lower index.
+                  y_norms: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 squared distances [B, count] ascending, their indices [B, count]), ties to the lower index.
 
     xc: [B, d] float32 contiguous, centred; x_norms: [B] float32 |xc|^2; data: [N, d] float32
     with unit column stride; center: [d] float32; y_norms: [N] float32; count <= MAX_CANDIDATES.
@@ -75,7 +75,8 @@ def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, c
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     merged = keys.permute(1, 0, 2).reshape(n_queries, -1)
     smallest = merged.topk(count, dim=1, largest=False).values  # keys order by (distance, index)
-    return smallest & 0xFFFFFFFF
+    dist = (smallest >> 32).to(torch.int32).view(torch.float32)  # the high word: the distance's bits
+    return dist, smallest & 0xFFFFFFFF
 
 
 def gate_entries():

@@ -23,11 +23,16 @@ def test_matches_brute_force_float64(n, d, batch, k, seed):
     assert rel_err(dist, ref_dist) < 1e-6
 
 
-@pytest.mark.parametrize("n,d,batch,k", [(130, 7, 3, 3), (64, 129, 33, 5), (600, 5, 2, 40)])
+@pytest.mark.parametrize("n,d,batch,k", [(130, 7, 3, 3), (64, 129, 33, 5), (600, 5, 2, 40), (150, 40, 40, 3)])
 def test_triton_candidates_match_brute_force(monkeypatch, n, d, batch, k):
     """The fused distance + running top-k kernel (interpreted: its sorts are slow, sizes small).
     130 rows: two full tiles and a ragged one; 33 queries: two query blocks; 600 rows: several
-    tiles per program (the running merge), k = 40 of 64 slots."""
+    tiles per program (the running merge), k = 40 of 64 slots; (150, 40, 40): past the kernel's one
+    tile configuration (BLOCK_M = 32 queries, BLOCK_N = 64 rows, BLOCK_K = 16 features) in every
+    dimension at once."""
+    from fastgauss.kernels import neighbors as kernel
+
+    assert (kernel.BLOCK_M, kernel.BLOCK_N, kernel.BLOCK_K) == (32, 64, 16)  # what the sizes reach past
     monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
     g = torch.Generator().manual_seed(n)
     data = torch.rand(n, d, generator=g) * 2 - 1
@@ -78,3 +83,91 @@ def test_bad_input():
         fastgauss.nearest_neighbors(torch.randn(2, 4), data)
     with pytest.raises(ValueError, match="non-finite"):
         fastgauss.nearest_neighbors(torch.tensor([[float("nan"), 0.0, 0.0]]), data)
+
+
+# ---------------------------------------------------------------- cache, near ties, kernel writes, strides (issue 10)
+
+
+def test_in_place_changes_of_the_data_are_seen(backend, monkeypatch):
+    """The centred norms are cached on the data tensor's identity and version: a second call
+    reuses them, an in-place change recomputes them, and NaN written later is an error."""
+    from fastgauss import _rows
+
+    g = torch.Generator().manual_seed(3)
+    data = torch.rand(140, 20, generator=g) * 2 - 1
+    x = torch.rand(5, 20, generator=g) * 2 - 1
+    calls = []
+    norms = _rows.centred_square_norms
+    monkeypatch.setattr(_rows, "centred_square_norms", lambda *a: calls.append(1) or norms(*a))
+    for _ in range(2):
+        dist, idx = fastgauss.nearest_neighbors(x, data, k=3)
+        assert torch.equal(idx, ref.nearest_neighbors(x, data, 3)[1])
+    assert len(calls) == 1  # cached
+    data.mul_(2).add_(5)
+    x = x * 2 + 5
+    x[0] = data[123] + 1e-3  # a query the old norms would misplace
+    dist, idx = fastgauss.nearest_neighbors(x, data, k=3)
+    ref_dist, ref_idx = ref.nearest_neighbors(x, data, 3)
+    assert len(calls) == 2 and torch.equal(idx, ref_idx) and idx[0, 0] == 123
+    assert rel_err(dist, ref_dist) < 1e-6
+    data[:, 7][100] = float("nan")  # through a view: the version counter is shared
+    with pytest.raises(ValueError, match="data: 1 non-finite"):
+        fastgauss.nearest_neighbors(x, data, k=3)
+
+
+def test_many_near_ties_get_more_candidates_until_exact(backend):
+    """70 exact copies of one row and a query next to them, margin 1: the fp32 keys cannot pick
+    the lowest indices among the copies; the candidates grow (past the kernel's 64 slots) until
+    every copy is in, and the float64 re-rank returns the two lowest."""
+    g = torch.Generator().manual_seed(4)
+    data = torch.rand(160, 24, generator=g) * 2 - 1
+    copies = torch.randperm(160, generator=g)[:70]
+    data[copies] = data[copies[0]].clone()
+    x = torch.cat([data[copies[:1]] + 1e-3, torch.rand(2, 24, generator=g) * 2 - 1])
+    dist, idx = fastgauss.nearest_neighbors(x, data, k=2, margin=1)
+    ref_dist, ref_idx = ref.nearest_neighbors(x, data, 2)
+    assert torch.equal(idx, ref_idx) and idx[0].tolist() == copies.sort().values[:2].tolist()
+    assert rel_err(dist, ref_dist) < 1e-6
+
+
+def test_strided_and_non_contiguous_inputs(backend):
+    """Queries transposed and sliced, data rows with a stride wider than d (kept as is) and data
+    with a column stride (copied): the same neighbours as the float64 brute force."""
+    g = torch.Generator().manual_seed(5)
+    wide = torch.rand(150, 50, generator=g) * 2 - 1
+    row_strided = wide[:, 3:40]  # stride (50, 1)
+    col_strided = (torch.rand(150, 74, generator=g) * 2 - 1)[:, ::2]  # stride (74, 2)
+    queries = (torch.rand(37, 9, generator=g) * 2 - 1).T[:, :37][::2]  # [5, 37], neither dim contiguous
+    for data in (row_strided, col_strided):
+        assert not data.is_contiguous()
+        dist, idx = fastgauss.nearest_neighbors(queries, data, k=4)
+        ref_dist, ref_idx = ref.nearest_neighbors(queries, data, 4)
+        assert torch.equal(idx, ref_idx) and rel_err(dist, ref_dist) < 1e-6
+
+
+@pytest.mark.kernel
+def test_kernel_writes_every_candidate_slot():
+    """Poisoned key buffer (-1, which no key can be): every slot of every split and query is
+    written, and each split holds the 64 smallest fp32 distances of its own rows."""
+    from fastgauss.kernels import neighbors as kernel
+
+    g = torch.Generator().manual_seed(6)
+    n, d, b, splits = 200, 21, 35, 3  # two query blocks; 67 rows per split: a full tile and a ragged one
+    data = torch.rand(n, d, generator=g) * 2 - 1
+    center = data.double().mean(0)
+    xc = (torch.rand(b, d, generator=g) * 2 - 1).double() - center
+    y_norms = ((data.double() - center) ** 2).sum(1).float()
+    keys = torch.full((splits, b, kernel.BLOCK_N), -1, dtype=torch.int64)
+    rows_per_split = -(-n // splits)
+    kernel._nn_candidates_kernel[(-(-b // kernel.BLOCK_M), splits)](
+        xc.float(), (xc**2).sum(1).float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
+        data.stride(0), BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N, BLOCK_K=kernel.BLOCK_K)
+    assert bool((keys >= 0).all()), "a slot was not written"
+    exact = torch.cdist(xc, data.double() - center) ** 2
+    for s in range(splits):
+        lo, hi = s * rows_per_split, min(n, (s + 1) * rows_per_split)
+        idx = keys[s] & 0xFFFFFFFF
+        assert bool(((idx >= lo) & (idx < hi)).all())
+        want = exact[:, lo:hi].topk(kernel.BLOCK_N, dim=1, largest=False).values
+        got = (keys[s] >> 32).to(torch.int32).view(torch.float32).double()
+        assert rel_err(got, want) < 1e-5
