@@ -188,8 +188,7 @@ class Adapter(nn.Module):
                 worst = s[bad][0].item()
                 raise ValueError(f"sigma: {worst:g} is outside the model's range "
                                  f"[{self.sigma_min:g}, {self.sigma_max:g}]")
-            s = s.clamp(self.sigma_min, self.sigma_max)
-        return s
+        return s  # unclamped: the formulas use the caller's sigma (timesteps clip to the schedule's ends)
 
     def _labels(self, labels, batch: int, device):
         """None, LongTensor [B] of class indices, or float [B, label_dim] rows (EDM-style)."""
