@@ -257,3 +257,15 @@ def test_fastgauss_checkpoint(tmp_path):
         s = torch.tensor([0.01, 0.5, 20.0])
         with torch.no_grad():
             assert torch.equal(den(x, s), trainer.ema.model(x, s))
+
+
+@needs_diffusers
+def test_dtype_casts_the_loaded_network(tmp_path, unet_and_scheduler):
+    unet, scheduler = unet_and_scheduler
+    unet.save_pretrained(tmp_path)
+    scheduler.save_pretrained(tmp_path)
+    den = fastgauss.load_denoiser(tmp_path, dtype=torch.bfloat16, max_batch=1)
+    assert next(den.network.parameters()).dtype == torch.bfloat16 and den.max_batch == 1
+    x = torch.randn(2, 1, 8, 8, generator=_gen(2))
+    out, ref = den(x, 0.3), fastgauss.from_diffusers(unet, scheduler)(x, 0.3)
+    assert out.dtype == torch.float32 and (out - ref).norm() / ref.norm() < 5e-2
