@@ -58,12 +58,30 @@ def test_jvp_matches_finite_differences_and_the_autograd_jacobian(kind, k, chunk
     assert rel_err((jv if k else jv[None])[0], fd) < 1e-6
 
 
-def test_jvp_uses_the_analytic_paths():
+def test_jvp_uses_the_analytic_paths(monkeypatch):
+    """fastgauss.jvp hands the Gaussian and empirical denoisers to their own .jvp: proved by
+    counting those calls and by making the generic forward-mode path (torch.func.jvp) fail."""
     g = torch.Generator().manual_seed(1)
     den = fastgauss.GaussianDenoiser(torch.zeros(5), torch.tensor([2.0, 1.0]), torch.eye(5)[:, :2], dtype=torch.float64)
+    data = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    emp = fastgauss.EmpiricalDenoiser(data)
     x, v = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    analytic = []
+    for cls in (fastgauss.GaussianDenoiser, fastgauss.EmpiricalDenoiser):
+        monkeypatch.setattr(cls, "jvp", lambda self, *a, _real=cls.jvp, **kw: analytic.append(type(self)) or _real(self, *a, **kw))
+
+    def generic(*args, **kwargs):
+        raise AssertionError("the generic forward-mode path ran")
+
+    monkeypatch.setattr(torch.func, "jvp", generic)
     _, jv = fastgauss.jvp(den, x, 0.5, v)
     assert rel_err(jv, v @ ref.gaussian_jacobian(0.5, den.eigvals, den.eigvecs)) < 1e-12
+    _, jv = fastgauss.jvp(emp, x, 0.5, v)
+    expected = torch.stack([v[:, b] @ ref.empirical_jacobian(x[b], 0.5, data) for b in range(3)], 1)
+    assert rel_err(jv, expected) < 1e-6
+    assert analytic == [fastgauss.GaussianDenoiser, fastgauss.EmpiricalDenoiser]
+    with pytest.raises(AssertionError, match="generic"):  # and a plain function does take the generic path
+        fastgauss.jvp(lambda t, s: 2 * t, x, 0.5, v)
 
 
 def test_linearity_of_linear_gaussian_and_nonlinear_denoisers():
