@@ -25,8 +25,9 @@ import torch
 
 #: Bytes of logits / weights per chunk: bounds the workspace (B x chunk) of every pass.
 WORKSPACE_BYTES = 24 << 20
-#: Bytes of one data chunk: small enough to stay in cache between its copy and its products.
-CHUNK_CACHE_BYTES = 8 << 20
+#: Bytes of one data chunk: large enough that the per-chunk work on [B, c] and [B, d] is small
+#: beside the chunk's products, small enough to stay in cache between its copy and its products.
+CHUNK_CACHE_BYTES = 16 << 20
 #: Bytes of the float64 [P, d] temporaries of one block of exactly re-scored rows.
 EXACT_BYTES = 8 << 20
 
@@ -123,22 +124,28 @@ class Partial:
         return Partial(*(take(t) for t in (self.m, self.l, self.mu, self.cv, self.zbar, self.cz)))
 
 
-def chunk_logits(xc: torch.Tensor, inv_var: torch.Tensor, yc: torch.Tensor, norms: torch.Tensor):
-    """(z, s): [B, c] unscaled logits x'.y' - |y'|^2 / 2 and logits z / sigma^2, in yc's dtype."""
+def chunk_logits(xc: torch.Tensor, inv_var: torch.Tensor, yc: torch.Tensor, norms: torch.Tensor,
+                 keep_z: bool = True):
+    """(z, s): [B, c] unscaled logits x'.y' - |y'|^2 / 2 and logits z / sigma^2, in yc's dtype
+    (z is None and s takes its memory when not ``keep_z``)."""
     z = torch.addmm(norms.mul(-0.5), xc, yc.T)
+    if not keep_z:
+        return None, z.mul_(inv_var[:, None])
     return z, z * inv_var[:, None]
 
 
 def chunk_partial(s: torch.Tensor, z: torch.Tensor, yc: torch.Tensor, probes: torch.Tensor | None = None,
-                  sigma_grad: bool = False, state_dtype=torch.float64) -> Partial:
+                  sigma_grad: bool = False, state_dtype=torch.float64, top=None, leave_out=None) -> Partial:
     """The partial of one chunk of centred rows yc: [c, d] from its logits s, z: [B, c].
 
-    Rows with s = -inf are left out. Products run in yc's dtype around a per-query reference
-    row r (the chunk's best row), so no two large terms are subtracted; probes: [K, B, d].
+    top: s.max(1) when already known; leave_out: [B, c] bool, rows left out.
+    s is overwritten. Products run in yc's dtype around a per-query reference row
+    r (the chunk's best row), so no two large terms are subtracted; probes: [K, B, d].
     """
-    m = s.max(1).values
-    best = s.argmax(1)
-    p = torch.exp(s - torch.where(torch.isfinite(m), m, 0)[:, None])  # left-out rows: 0
+    if leave_out is not None:
+        top = s.masked_fill_(leave_out, float("-inf")).max(1)  # the reference: the best row kept
+    m, best = s.max(1) if top is None else top
+    p = s.sub_(torch.where(torch.isfinite(m), m, 0)[:, None]).exp_()  # takes the logits' memory
     l = p.sum(1)
     linv = torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
     mu = (p @ yc) * linv[:, None]

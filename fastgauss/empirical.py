@@ -165,6 +165,8 @@ WEIGHT_TOL = 1e-7
 ENOUGH = 1e-6
 #: Rows re-scored per query at most; a query whose window holds more is recomputed in float64.
 WINDOW_CAP = 256
+#: Candidate records (24 bytes each) kept at most during a pass, all queries together.
+MAX_RECORDS = 1 << 21
 #: Suffix of ``last_precision`` when the exact path ran.
 EXACT = " + float64 near ties"
 
@@ -243,12 +245,21 @@ class _Candidates:
     def add(self, qid, idx, s) -> None:
         self.qid, self.idx, self.s = torch.cat([self.qid, qid]), torch.cat([self.idx, idx]), torch.cat([self.s, s])
 
-    def prune(self) -> None:
-        """Drops rows that fell out of their window; a query past WINDOW_CAP overflows."""
+    def prune(self, final: bool = False) -> None:
+        """Drops rows that fell out of their window (their weight is negligible against the
+        maximum so far, hence against the final one). Records are 24 bytes each, so during the
+        pass many may wait for a larger maximum (before the best row of a query comes by, its
+        window follows a lower one); at the end, a query whose window still holds more than
+        WINDOW_CAP rows overflows (and is recomputed in float64)."""
         keep = self.s >= self.threshold().index_select(0, self.qid)
         counts = torch.bincount(self.qid[keep], minlength=self.batch)
-        over = counts > WINDOW_CAP
-        if over.any():
+        if final:
+            over = counts > WINDOW_CAP
+        elif int(counts.sum()) > MAX_RECORDS:
+            over = counts > max(WINDOW_CAP, MAX_RECORDS // (2 * self.batch))
+        else:
+            over = None
+        if over is not None and over.any():
             self.overflow |= over
             self.width = torch.where(over, torch.full_like(self.width, -1.0), self.width)
             keep &= ~over.index_select(0, self.qid)
@@ -263,16 +274,19 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
     rows = data.chunk_rows or et.chunk_rows(batch, dim, xc.element_size(), k or 0)
     p64 = None if probes is None else probes.to(torch.float64)
     for start, yc, norms in data.chunks(device, xc.dtype, rows):
-        z, s = et.chunk_logits(xc, inv_var, yc, norms)
+        z, s = et.chunk_logits(xc, inv_var, yc, norms, keep_z=sigma_grad)
+        top = s.max(1)
+        inside = None
         if cands is not None:
-            cands.run_max = torch.maximum(cands.run_max, s.max(1).values.to(torch.float64))
-            inside = s >= cands.threshold().to(s.dtype)[:, None]
-            if inside.any():
+            cands.run_max = torch.maximum(cands.run_max, top.values.to(torch.float64))
+            threshold = cands.threshold().to(s.dtype)
+            if bool((top.values >= threshold).any()):  # some row of this chunk is in a window
+                inside = s >= threshold[:, None]
                 qid, col = inside.nonzero(as_tuple=True)
                 cands.add(qid, col + start, s[qid, col].to(torch.float64))
-                s = s.masked_fill(inside, float("-inf"))
-                cands.prune()
-        part.merge_(et.chunk_partial(s, z, yc, probes, sigma_grad), p64)
+                if cands.qid.numel() > MAX_RECORDS // 2:
+                    cands.prune()
+        part.merge_(et.chunk_partial(s, z, yc, probes, sigma_grad, top=top, leave_out=inside), p64)
     return part
 
 
@@ -331,7 +345,7 @@ def _all_reduce_max(t: torch.Tensor, data: TrainingSet) -> None:
 def _exact(part: et.Partial, cands: _Candidates, x64, data: TrainingSet, var64, probes64, sigma_grad,
            device) -> et.Partial:
     """``part`` merged with the float64 partial of every candidate still inside its window."""
-    cands.prune()
+    cands.prune(final=True)
     order = torch.argsort(cands.qid * max(1, data.n) + cands.idx)  # deterministic order
     qid, idx = cands.qid[order], cands.idx[order]
     if qid.numel() == 0:
@@ -425,10 +439,13 @@ def _stream(x: torch.Tensor, sigma: torch.Tensor, data: TrainingSet, *, probes=N
                            device)
     if cands is not None:
         if data.group is not None:
-            _all_reduce_max(cands.run_max, data)
+            _all_reduce_max(cands.run_max, data)  # the window follows the maximum over every shard
+        cands.prune(final=True)
+        if data.group is not None:
             over = cands.overflow.to(torch.float64)
             _all_reduce_max(over, data)
             cands.overflow = over > 0
+            cands.prune(final=True)
         part = _exact(part, cands, x64, data, var64, probes64, sigma_grad, device)
         if cands.overflow.any():  # windows too wide to re-score row by row: these queries in float64
             sub = cands.overflow.nonzero().squeeze(1)
