@@ -68,3 +68,10 @@ def all_reduce_moments(moments, group=None) -> None:
         dist.all_reduce(cross, group=group)
         moments._cross_scatter, moments._cross_mean = cross, cross_mean
     moments.count = int(n)
+    # The least precise products any rank accumulated with (as Moments.merge keeps them).
+    from .moments import PRODUCT_ROUNDING
+    order = list(PRODUCT_ROUNDING)
+    mine = order.index(moments.product_precision) if moments.product_precision is not None else -1
+    worst = torch.tensor([mine], dtype=torch.int64, device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
+    moments.product_precision = order[int(worst)] if int(worst) >= 0 else None
