@@ -48,11 +48,19 @@ class LinearDistillation(nn.Module):
         self.report = report
 
     def level_index(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Index of the grid level nearest each sigma [B] in log(sigma); sigma must be finite and > 0."""
+        if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+            bad = sigma[~((sigma > 0) & torch.isfinite(sigma))][0].item()
+            raise ValueError(f"sigma: a linear distillation is defined at noise levels > 0 (its grid: "
+                             f"{', '.join(f'{v:g}' for v in self.sigmas.tolist())}), got {bad:g}")
         return (torch.log(sigma.double()[:, None]) - torch.log(self.sigmas.double())[None, :]).abs().argmin(1)
 
     def forward(self, x, sigma):
         flat = flatten_batch(x, "x")
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device).reshape(-1).expand(flat.shape[0])
+        s = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device).reshape(-1)
+        if s.numel() not in (1, flat.shape[0]):
+            raise ValueError(f"sigma: expected a float, a 0-d tensor or {flat.shape[0]} values, got {s.numel()}")
+        s = s.expand(flat.shape[0])
         levels = self.level_index(s)
         out = torch.empty_like(flat)
         for level in levels.unique().tolist():

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from ._arrays import inspectable
+
 SIGMA_DATA = 0.5
 
 
@@ -40,6 +42,10 @@ class EDMDenoiser(nn.Module):
             s = s.expand(x.shape[0])
         if s.shape != (x.shape[0],):
             raise ValueError(f"sigma: expected a float, a 0-d tensor or {x.shape[0]} values, got {tuple(s.shape)}")
+        if inspectable(s) and not bool(((s > 0) & torch.isfinite(s)).all()):
+            bad = s[~((s > 0) & torch.isfinite(s))][0].item()
+            raise ValueError(f"sigma: EDM's preconditioning needs every noise level finite and > 0 "
+                             f"(c_noise = ln(sigma) / 4), got {bad:g}")
         c_skip, c_out, c_in, c_noise = (c.reshape(-1, *([1] * (x.dim() - 1))) if i < 3 else c
                                         for i, c in enumerate(edm_coefficients(s, self.sigma_data)))
         return c_skip * x + c_out * self.network(c_in * x, c_noise)

@@ -288,13 +288,14 @@ class GaussianDenoiser(nn.Module):
         dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         centred = flat.to(dtype) - self.mean.to(dtype)
         base = float(gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64)))
-        tf32 = precision == "tf32"
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
+        # No torch.backends flag is ever written (other threads would see it). On CUDA, torch's fp32
+        # matmul follows the user's allow_tf32, so exact fp32 products are taken in float64 (which has
+        # no TF32 mode); precision="tf32" uses torch's fp32 matmul as the user configured it (tensor
+        # cores when allow_tf32 is on, exact otherwise: either way within the tf32 error bound).
+        if operator.is_cuda and operator.dtype == torch.float32 and precision != "tf32":
+            product = (centred.to(torch.float64) @ operator.to(torch.float64)).to(dtype)
+        else:
             product = (centred.to(operator.dtype) @ operator).to(dtype)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
         moved = (base - 1) * centred + product
         out = gt.moved_to_output(moved, flat.to(moved.dtype), torch.tensor(level, dtype=moved.dtype), output)
         return out.reshape(x.shape).to(x.dtype)

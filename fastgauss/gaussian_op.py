@@ -220,3 +220,22 @@ def validate_gaussian(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.
     if r and eigvals.min() < -1e-6 * max(eigvals.abs().max().item(), 1e-30):
         raise ValueError(f"eigvals: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
                          "not a valid covariance")
+    if r:
+        _check_orthonormal(eigvecs)
+
+
+def _check_orthonormal(eigvecs: torch.Tensor) -> None:
+    """ValueError unless U^T U = I to the rounding of U's dtype, tested on two fixed random probes p:
+    |U^T U p - p| <= tol |p| (O(d r), not the r x r Gram; a U^T U != I passes only for p in its
+    eigenvalue-1 space, which fixed Gaussian probes miss almost surely)."""
+    r = eigvecs.shape[1]
+    probes = torch.randn(r, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    probes = probes.to(eigvecs.device)
+    u = eigvecs.to(torch.float64)
+    err = (u.T @ (u @ probes) - probes).norm(dim=0) / probes.norm(dim=0)
+    tol = 3e-2 if eigvecs.element_size() <= 2 else 1e-3
+    worst = float(err.max())
+    if not worst <= tol:
+        raise ValueError(f"eigvecs: columns are not orthonormal (|U^T U p - p| / |p| = {worst:.3g} for a random "
+                         f"p, tolerance {tol:g}); pass the eigenvectors of eigh (or orthonormalize them with "
+                         "torch.linalg.qr)")

@@ -18,13 +18,33 @@ def jacobian_spectrum(denoiser, x, sigma, k: int, *, oversample: int = 10, iters
                       generator: torch.Generator | None = None):
     """Top-k singular values and vectors of J = dD/dx at one input, by randomized subspace iteration.
 
-    x: [*feature_shape] or [1, *feature_shape]; only J v (forward mode) and J^T u (reverse
-    mode) are evaluated, k + oversample of them at a time: no d x d matrix for a network.
-    Returns (S [k] descending, U [d, k] left and V [d, k] right singular vectors), float64.
+    x: one input [*feature_shape] (e.g. ``data[0]``, a 1-channel image [1, H, W] included); the
+    denoiser is called on x[None]. A batch of one [1, *feature_shape] is accepted too when the
+    denoiser declares its ``feature_shape`` (as the library's denoisers do). Only J v (forward
+    mode) and J^T u (reverse mode) are evaluated, k + oversample of them at a time: no d x d
+    matrix for a network. Returns (S [k] descending, U [d, k] left and V [d, k] right singular
+    vectors), float64.
+
+    Example:
+        >>> import torch, fastgauss
+        >>> data = torch.randn(300, 1, 4, 4)
+        >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
+        >>> s, u, v = fastgauss.jacobian_spectrum(g, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
+        >>> tuple(s.shape), tuple(u.shape)
+        ((2,), (16, 2))
     """
     x = as_float(as_tensor(x, "x"))
-    if x.dim() >= 2 and x.shape[0] == 1:
-        x = x[0]
+    declared = getattr(denoiser, "feature_shape", None)
+    if declared is not None:
+        declared = tuple(declared)
+        if x.dim() == len(declared) + 1 and tuple(x.shape[1:]) == declared:
+            if x.shape[0] != 1:
+                raise ValueError(f"x: expected one input of shape {list(declared)} (e.g. data[0]), got a batch of "
+                                 f"{x.shape[0]} (shape {tuple(x.shape)})")
+            x = x[0]
+        elif tuple(x.shape) != declared:
+            raise ValueError(f"x: expected one input of shape {list(declared)} (the denoiser's feature_shape), "
+                             f"got shape {tuple(x.shape)}")
     d = x.numel()
     if not (isinstance(k, int) and 1 <= k <= d):
         raise ValueError(f"k: expected an integer from 1 to d = {d}, got {k!r}")
@@ -35,6 +55,14 @@ def jacobian_spectrum(denoiser, x, sigma, k: int, *, oversample: int = 10, iters
         return check_output(denoiser(inp, sigma), inp, sigma).reshape(-1)
 
     flat = x.reshape(-1)
+    try:
+        with torch.no_grad():
+            f(flat)  # one plain call first: a shape the denoiser cannot take is the caller's, said so here
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"x: the denoiser failed on x[None] of shape {(1, *x.shape)}: jacobian_spectrum takes one "
+                         f"input [*feature_shape] (e.g. data[0]), not a batch ({type(exc).__name__}: {exc})") from exc
     with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no forward-mode derivative
         return _randomized_svd(f, flat, d, k, width, iters, generator)
 

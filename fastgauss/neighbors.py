@@ -234,6 +234,10 @@ def memorization_ratio(samples, data, threshold: float = 1 / 3) -> float:
     |x - NN_1| / |x - NN_2| < threshold. samples: [B, ...]; data: [N, ...] with N >= 2."""
     if not (0 < threshold <= 1):
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold!r}")
+    n = as_tensor(data, "data").shape[0] if as_tensor(data, "data").dim() >= 2 else 0
+    if n < 2:
+        raise ValueError(f"data: memorization_ratio compares each sample's nearest and second-nearest training "
+                         f"points, so it needs at least 2 of them, got N = {n}")
     dist, _ = nearest_neighbors(samples, data, k=2)
     ratio = dist[:, 0] / dist[:, 1].clamp_min(torch.finfo(dist.dtype).tiny)
     return float((ratio < threshold).double().mean())

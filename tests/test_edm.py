@@ -83,3 +83,17 @@ def test_ema_update_is_the_moving_average():
     for e, o, p in zip(ema.model.parameters(), old, model.parameters()):
         assert torch.allclose(e, 0.9 * o + 0.1 * p)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+@pytest.mark.parametrize("sigma", [0.0, -0.5, float("nan"), float("inf")])
+def test_edm_denoiser_rejects_sigma_that_is_not_positive(sigma):
+    from fastgauss.edm import EDMDenoiser
+    from fastgauss.unet import SmallUNet
+
+    net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="sigma: .*> 0"):
+        net(x, sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        net(x, torch.tensor([0.5, sigma]))  # one bad level in a batch
+    assert torch.isfinite(net(x, torch.tensor([0.5, 2.0]))).all()
