@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 import fastgauss
 from fastgauss import reference as ref
 from fastgauss.kernels import gaussian as kernel
-from gpu_check_lib import Report, bench_ms
+from gpu_check_lib import COMPILE_S, Part, Report, bench_ms, bench_seconds, call_seconds
 
 #: Relative Frobenius error allowed against float64, by product mode.
 TOLERANCE = {"ieee": 2e-5, "tf32": 5e-3, "bf16": 2e-2}
@@ -21,11 +23,14 @@ def _rel(actual, expected) -> float:
 
 
 def _gaussian(d: int, r: int, seed: int, device):
+    """(mean [d], eigvals [r], eigvecs [d, r]) float64 on ``device``: the random draws on the host
+    (the same on any machine), the QR on ``device`` (seconds on a GPU at d = 12288, not a minute)."""
     g = torch.Generator().manual_seed(seed)
-    u = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0][:, :r].contiguous()
-    lam = torch.logspace(1, -4, r, dtype=torch.float64)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
     mean = torch.randn(d, generator=g, dtype=torch.float64) * 0.3
-    return mean, lam, u
+    u = torch.linalg.qr(a.to(device))[0][:, :r].contiguous()
+    lam = torch.logspace(1, -4, r, dtype=torch.float64, device=device)
+    return mean.to(device), lam, u
 
 
 def check_gaussian(report: Report, device, *, smoke: bool) -> None:
@@ -75,21 +80,69 @@ def _eager(x, sigma, mean, lam, u):
     return mean + (c * (lam / (lam + sigma[:, None] ** 2))) @ u.T
 
 
+#: Timed grid: d, then r for each d, then (B, levels).
+DIMS = (3072, 12288)
+
+
+def _grid(d: int):
+    for r in (d, d // 8):
+        for b in ((64, 1024, 8192) if d <= 3072 else (1024, 8192)):  # keeps the run within minutes
+            for levels in ((1, 10) if b == 1024 else (1,)):
+                yield r, b, levels
+
+
+def timing_parts() -> list[Part]:
+    """The timed parts, each with its estimated duration (from the grid above) and priority."""
+    parts = [Part("gaussian", f"gaussian d={d}", 1 if d <= 3072 else 3, _estimate_dim(d),
+                  functools.partial(_time_dim, d=d)) for d in DIMS]
+    parts.append(Part("gaussian", "gaussian sampling d=3072", 2, _estimate_sampling(), _time_sampling))
+    return parts
+
+
 def time_gaussian(report: Report, device) -> None:
+    for part in sorted(timing_parts(), key=lambda p: p.priority):
+        part.run(report, device)
+
+
+def _time_dim(report: Report, device, d: int) -> None:
     compiled = torch.compile(_eager, dynamic=True)
-    for d in (3072, 12288):
-        mean, lam, u = (t.to(device) for t in _gaussian(d, d, 0, "cpu"))
-        for r in (d, d // 8):
-            u_r, lam_r = u[:, :r].contiguous(), lam[:r].contiguous()
-            den = fastgauss.GaussianDenoiser(mean, lam_r, u_r)
-            den_bf16 = fastgauss.GaussianDenoiser(mean, lam_r, u_r, eigvec_dtype=torch.bfloat16)
-            for b in ((64, 1024, 8192) if d <= 3072 else (1024, 8192)):  # keeps the run within minutes
-                for levels in ((1, 10) if b == 1024 else (1,)):
-                    _time_case(report, device, d, r, b, levels, mean, lam_r, u_r, den, den_bf16, compiled)
-            del den, den_bf16
-        del mean, lam, u
-        torch.cuda.empty_cache()
-    _time_sampling(report, device)
+    mean, lam, u = _gaussian(d, d, 0, device)
+    for r in (d, d // 8):
+        u_r, lam_r = u[:, :r].contiguous(), lam[:r].contiguous()
+        den = fastgauss.GaussianDenoiser(mean, lam_r, u_r)
+        den_bf16 = fastgauss.GaussianDenoiser(mean, lam_r, u_r, eigvec_dtype=torch.bfloat16)
+        for rr, b, levels in _grid(d):
+            if rr == r:
+                _time_case(report, device, d, r, b, levels, mean, lam_r, u_r, den, den_bf16, compiled)
+        del den, den_bf16
+    del mean, lam, u
+    torch.cuda.empty_cache()
+
+
+def _estimate_dim(d: int) -> float:
+    """Seconds for _time_dim(d): the float64 QR on the host, one torch.compile, then per case
+    the benches of _time_case, each from its FLOP count at the assumed rates."""
+    total = d * d / 5e7 + call_seconds(4 / 3 * d**3, kind="fp64") + COMPILE_S  # draws, QR, compile
+    for r, b, levels in _grid(d):
+        per_level = 2 * b * d * r * 2
+        paper = call_seconds(2 * (d * r * r + d * d * r + d * d * b) * levels, kind="fp64", launches=3 * levels)
+        fused = call_seconds(2 * b * d * r * (1 + levels), launches=2)
+        calls = [paper,
+                 call_seconds(per_level * levels, launches=4 * levels),           # eager fp32
+                 call_seconds(per_level * levels, kind="tf32", launches=4 * levels),
+                 call_seconds(per_level * levels, launches=4 * levels),           # compiled fp32
+                 call_seconds(per_level * levels, kind="bf16", launches=4 * levels),
+                 fused, call_seconds(2 * b * d * r * (1 + levels), kind="tf32", launches=2),
+                 call_seconds(2 * b * d * r * (1 + levels), kind="bf16", launches=2)]
+        if levels == 1:
+            calls.append(fused)  # shared sigma
+        total += sum(bench_seconds(c) for c in calls)
+    return total
+
+
+def _estimate_sampling(d: int = 3072, b: int = 1024) -> float:
+    heun = call_seconds(35 * 2 * b * d * d * 2, launches=35 * 4)
+    return 2 * bench_seconds(heun) + bench_seconds(call_seconds(4 * b * d * d)) + d * d / 5e7
 
 
 def _time_case(report, device, d, r, b, levels, mean, lam, u, den, den_bf16, compiled) -> None:
@@ -131,7 +184,7 @@ def _time_case(report, device, d, r, b, levels, mean, lam, u, den, den_bf16, com
 
 def _time_sampling(report: Report, device) -> None:
     d, r, b = 3072, 3072, 1024
-    mean, lam, u = (t.to(device) for t in _gaussian(d, r, 3, "cpu"))
+    mean, lam, u = _gaussian(d, r, 3, device)
     den = fastgauss.GaussianDenoiser(mean, lam, u)
     latents = torch.randn(b, d, device=device)
     sig = fastgauss.edm_sigmas(18, device=device)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 import fastgauss
 from fastgauss import reference as ref
 from fastgauss.kernels import moments as kernel
-from gpu_check_lib import Report, bench_ms
+from gpu_check_lib import COMPILE_S, Part, Report, bench_ms, bench_seconds, call_seconds
 
 #: Relative Frobenius error allowed for the covariance, by product mode.
 TOLERANCE = {"ieee": 1e-6, "tf32x3": 1e-5, "tf32": 5e-3}
@@ -67,36 +69,61 @@ def _check_cupy(report: Report) -> None:
                  TOLERANCE["ieee"])
 
 
-def time_moments(report: Report, device, n: int = 65536) -> None:
+#: Timed grid: N rows of d features.
+ROWS, DIMS = 65536, (3072, 12288)
+
+
+def timing_parts() -> list[Part]:
+    """The timed parts, each with its estimated duration (from the grid above) and priority."""
+    return [Part("moments", f"moments N={ROWS} d={d}", 1 if d <= 3072 else 2, _estimate_dim(ROWS, d),
+                 functools.partial(_time_dim, n=ROWS, d=d)) for d in DIMS]
+
+
+def _estimate_dim(n: int, d: int) -> float:
+    """Seconds for _time_dim(n, d): one torch.compile, then its eight benches."""
+    gram, nbytes = 2 * n * d * d, n * d * 4
+    calls = [call_seconds(gram, nbytes), call_seconds(gram, 3 * nbytes, launches=4),  # x.T @ x, torch.cov
+             call_seconds(gram, 3 * nbytes, launches=3), call_seconds(gram, nbytes, kind="tf32"),
+             call_seconds(gram / 2, nbytes),                                        # ieee: half the Gram
+             call_seconds(3 * gram / 2, nbytes, kind="tf32"), call_seconds(gram / 2, nbytes, kind="tf32"),
+             call_seconds(gram / 2, 2 * nbytes, launches=3)]                          # Moments.update
+    return COMPILE_S + sum(bench_seconds(c) for c in calls)
+
+
+def time_moments(report: Report, device, n: int = ROWS) -> None:
     """Centred Gram kernel against torch's full Gram x.T @ x in the same precision."""
-    for d in (3072, 12288):
-        case = f"N={n} d={d}"
-        x = torch.randn(n, d, device=device)
-        flops = 2 * n * d * d  # the full Gram's count; the kernel does about half of it
-        nbytes = n * d * 4
-        shift = x.mean(0)
-        out = torch.zeros(d, d, dtype=torch.float64, device=device)
-        previous = torch.backends.cuda.matmul.allow_tf32
-        try:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            report.time("torch x.T @ x fp32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
-            report.time("torch.cov fp32 (eager)", case, bench_ms(lambda: torch.cov(x.T, correction=0)),
-                        flops=flops, nbytes=nbytes)
-            compiled = torch.compile(lambda t: (t - t.mean(0)).T @ (t - t.mean(0)))
-            compiled(x)
-            report.time("torch.compile centred gram fp32", case, bench_ms(lambda: compiled(x)), flops=flops,
-                        nbytes=nbytes)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            report.time("torch x.T @ x tf32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
-        for precision, baseline in (("ieee", "torch x.T @ x fp32"), ("tf32x3", "torch x.T @ x fp32"),
-                                    ("tf32", "torch x.T @ x tf32")):
-            ms = bench_ms(lambda: kernel.centered_gram_accumulate(out, x, shift, precision=precision))
-            report.time(f"fastgauss centred gram {precision}", case, ms, flops=flops, nbytes=nbytes,
-                        baseline=baseline)
-        ms = bench_ms(lambda: fastgauss.Moments().update(x))
-        report.time("fastgauss Moments.update ieee (end to end)", case, ms, flops=flops, nbytes=nbytes,
-                    baseline="torch.cov fp32 (eager)")
-        del x, out
-        torch.cuda.empty_cache()
+    for d in DIMS:
+        _time_dim(report, device, n, d)
+
+
+def _time_dim(report: Report, device, n: int, d: int) -> None:
+    case = f"N={n} d={d}"
+    x = torch.randn(n, d, device=device)
+    flops = 2 * n * d * d  # the full Gram's count; the kernel does about half of it
+    nbytes = n * d * 4
+    shift = x.mean(0)
+    out = torch.zeros(d, d, dtype=torch.float64, device=device)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        report.time("torch x.T @ x fp32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
+        report.time("torch.cov fp32 (eager)", case, bench_ms(lambda: torch.cov(x.T, correction=0)),
+                    flops=flops, nbytes=nbytes)
+        compiled = torch.compile(lambda t: (t - t.mean(0)).T @ (t - t.mean(0)))
+        compiled(x)
+        report.time("torch.compile centred gram fp32", case, bench_ms(lambda: compiled(x)), flops=flops,
+                    nbytes=nbytes)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        report.time("torch x.T @ x tf32", case, bench_ms(lambda: x.T @ x), flops=flops, nbytes=nbytes)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    for precision, baseline in (("ieee", "torch x.T @ x fp32"), ("tf32x3", "torch x.T @ x fp32"),
+                                ("tf32", "torch x.T @ x tf32")):
+        ms = bench_ms(lambda: kernel.centered_gram_accumulate(out, x, shift, precision=precision))
+        report.time(f"fastgauss centred gram {precision}", case, ms, flops=flops, nbytes=nbytes,
+                    baseline=baseline)
+    ms = bench_ms(lambda: fastgauss.Moments().update(x))
+    report.time("fastgauss Moments.update ieee (end to end)", case, ms, flops=flops, nbytes=nbytes,
+                baseline="torch.cov fp32 (eager)")
+    del x, out
+    torch.cuda.empty_cache()
