@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary
     print(f"verdict: {result.verdict}")
     s = summary["samples"]
-    print(f"GL score {s['gl_score']:.3f} (fresh N(mu, Sigma) samples: {s['gl_score_fresh_gaussian']:.3f}), "
+    print(f"GL score {s['gl_score']:.3f} (D_G through the same sampler: {s['gl_score_gaussian_euler']:.3f}, "
+          f"N(mu, Sigma) samples: {s['gl_score_fresh_gaussian']:.3f}), "
           f"memorization ratio {s['memorization_ratio']:.3f}, flow distance to D_G {s['flow_distance_gaussian']:.4f}")
     print(f"report: {out / 'summary.md'} (distances.png, samples.png, neighbors.png; data summary.json)")
     print(f"done in {time.perf_counter() - started:.1f} s")
