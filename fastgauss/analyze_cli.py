@@ -35,10 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True,
                         help="the model's training data: bundled name or a path (image folder, zip, .npy/.npz)")
     _add_scale_argument(parser)
-    parser.add_argument("--out", help="report folder (default fastgauss-out/analyze-MODELNAME)")
+    parser.add_argument("--out", help="report folder; None: fastgauss-out/analyze-MODELNAME")
     parser.add_argument("--sigmas", type=_floats,
-                        help="comma-separated noise levels (default 0.05,0.1,0.2,0.5,1,2,5,10 within the "
-                             "model's range)")
+                        help="comma-separated noise levels; None: those of 0.05,0.1,0.2,0.5,1,2,5,10 inside the "
+                             "model's range")
     parser.add_argument("--samples", type=int_at_least(2), default=64, help="samples from fixed latents")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="inputs per network call")
     parser.add_argument("--jacobian-k", type=int_at_least(0), default=4,
@@ -48,8 +48,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                    "of that class as --dataset)")
     parser.add_argument("--trust-code", action="store_true",
                         help="allow loading a pickle (EDM snapshots run their embedded code when loaded)")
-    parser.add_argument("--cache-dir", help="where the data statistics are cached (default: stats-cache beside "
-                                            "the report folder)")
+    parser.add_argument("--cache-dir", help="where the data statistics are cached; None: stats-cache beside "
+                                            "the report folder")
     _add_device_argument(parser, "run the model and the measurements")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the noise, pairs and latents")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
