@@ -54,11 +54,73 @@ def check_empirical(report: Report, device, *, smoke: bool) -> None:
         jac = [ref.empirical_jacobian(x[i], 0.5, data) for i in range(4)]
         report.check("empirical jvp", f"N={n} d={d} B=4", _rel(jv, torch.stack([v[i].double() @ jac[i] for i in range(4)])),
                      1e-4)
+    _check_exact_path(report, device, smoke=smoke)
     dist, idx = fastgauss.nearest_neighbors(dev_x, dev_data, k=3)
     ref_dist, ref_idx = ref.nearest_neighbors(x, data, 3)
     report.check("nearest neighbours (indices differ)", f"N={n} d={d} B={b} k=3",
                  float((idx.cpu() != ref_idx).sum()), 0)
     report.check("nearest neighbours distances", f"N={n} d={d} B={b} k=3", _rel(dist, ref_dist), 1e-6)
+
+
+def _near_ties(data: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Midpoints of two training points, and a point where two candidates are 1 nat apart."""
+    mid = torch.stack([(data[0] + data[1]) / 2, (data[2] + data[3]) / 2])
+    delta = (data[5] - data[4]).double()
+    gap = ((data[4] + data[5]).double() / 2 + (sigma**2 / delta.norm()) * delta / delta.norm()).float()
+    return torch.cat([mid, gap[None]])
+
+
+def _check_exact_path(report: Report, device, *, smoke: bool) -> None:
+    """Near ties exact to 1e-5 (issue 10) and J v / dD/dsigma to 1e-4 (|v| + |ref|), fp32 data."""
+    n, d = (40, 768) if smoke else (200, 3072)
+    g = torch.Generator().manual_seed(3)
+    data = torch.rand(n, d, generator=g) * 2 - 1
+    den = fastgauss.EmpiricalDenoiser(data.to(device))
+    for sigma in (0.002, 0.005, 0.01, 0.05):
+        x = _near_ties(data, sigma)
+        expected = ref.empirical_denoiser(x, torch.full((3,), sigma, dtype=torch.float64), data)
+        got = den(x.to(device), sigma)
+        worst = max(_rel(got[b], expected[b]) for b in range(3))
+        report.check("empirical near ties exact", f"N={n} d={d} sigma={sigma} ({den.last_precision})", worst, 1e-5)
+    v = torch.randn(2, 2, d, generator=g)
+    for sigma in (0.002, 0.01, 0.1, 1.0, 80.0):
+        x = torch.stack([data[7], _near_ties(data, sigma)[2]])
+        _, jv = den.jvp(x.to(device), sigma, v.to(device))
+        worst = 0.0
+        for b in range(2):
+            want = v[:, b].double() @ ref.empirical_jacobian(x[b], sigma, data)
+            err = (jv[:, b].double().cpu() - want).norm(dim=1) / (v[:, b].double().norm(dim=1) + want.norm(dim=1))
+            worst = max(worst, float(err.max()))
+        report.check("empirical J v (err / (|v| + |ref|))", f"N={n} d={d} sigma={sigma}", worst, 1e-4)
+
+
+def _kernel_before(x, sigma, den):
+    """The kernel's fp32 pass as it ran before the exact path (no windows): the same-run baseline."""
+    from fastgauss.kernels.empirical import empirical_partial
+
+    data = den.data
+    center = data.center.to(x.device)
+    xc = (x.double() - center).float().contiguous()
+    inv_var = torch.full((x.shape[0],), 1 / sigma**2, device=x.device)
+    m, l, acc = empirical_partial(xc, inv_var, data.rows, center.float(), data.centred_norms(torch.float32, x.device),
+                                  precision=("ieee", "ieee"))
+    return acc / l[:, None] + center.float()
+
+
+def time_exact_path(report: Report, device) -> None:
+    """What exactness costs on the GPU: N = 50 000, d = 3072, B = 64 and 1024, sigma 0.002 and 1."""
+    n, d = 50_000, 3072
+    data = torch.rand(n, d, device=device) * 2 - 1
+    den = fastgauss.EmpiricalDenoiser(data)
+    for b in (64, 1024):
+        x = data[torch.randint(0, n, (b,), device=device)] + 0.3 * torch.randn(b, d, device=device)
+        for sigma in (0.002, 1.0):
+            case = f"N={n} d={d} B={b} sigma={sigma}"
+            report.time("kernel fp32 pass (before)", case, bench_ms(lambda: _kernel_before(x, sigma, den)),
+                        flops=4 * b * n * d)
+            ms = bench_ms(lambda: den(x, sigma))
+            report.time(f"fastgauss exact ({den.last_precision})", case, ms, flops=4 * b * n * d,
+                        baseline="kernel fp32 pass (before)")
 
 
 def _paper(x, sigma, data):
@@ -92,6 +154,7 @@ def time_empirical(report: Report, device) -> None:
         report.time("fastgauss nearest_neighbors", dist_case,
                     bench_ms(lambda: fastgauss.nearest_neighbors(x, data, k=2)), flops=2 * b * n * d,
                     baseline="torch.cdist + topk")
+    time_exact_path(report, device)
     _largest_batch(report, den, data)
     del den, data
     torch.cuda.empty_cache()
