@@ -94,6 +94,16 @@ def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def rmse_by_level(name, net, train_set, steps: int = 18, seed: int = 0) -> str:
+    """The network's RMSE to the Gaussian at each level of the schedule (what switch_sigma="auto" reads)."""
+    g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(train_set))
+    probes = train_set[torch.randperm(train_set.shape[0], generator=torch.Generator().manual_seed(seed + 1))[:64]]
+    sig = fastgauss.edm_sigmas(steps)[:-1]
+    with torch.no_grad():
+        t = fastgauss.denoiser_rmse(net, g, probes, sig, n=probes.shape[0], generator=torch.Generator().manual_seed(seed))
+    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in t.value.tolist()) + " |", sig
+
+
 def _row(model, sampler, steps, switch, nfe, samples, reference, train_set, seconds) -> dict:
     d = math.prod(samples.shape[1:])
     rmse = float(((samples - reference).reshape(samples.shape[0], -1).double().pow(2).sum(1) / d).sqrt().mean())
@@ -140,18 +150,24 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--diffusers", nargs="*", default=[], help="diffusers folders written by the example")
     parser.add_argument("--out", default="fastgauss-out/bench-teleport")
+    parser.add_argument("--levels-only", action="store_true", help="only the per-level RMSE to the Gaussian")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset("digits")
-    rows = []
-    for name, (net, train_set) in demo_models(out, data).items():
-        rows += evaluate(name, net, train_set, args.samples)
+    rows, levels = [], []
+    models = dict(demo_models(out, data))
     for folder in args.diffusers:
-        net, train_set = diffusers_model(folder)
-        rows += evaluate(f"diffusers:{Path(folder).name}", net, train_set, args.samples)
+        models[f"diffusers:{Path(folder).name}"] = diffusers_model(folder)
+    for name, (net, train_set) in models.items():
+        line, sig = rmse_by_level(name, net, train_set)
+        levels.append(line)
+        if not args.levels_only:
+            rows += evaluate(name, net, train_set, args.samples)
     (out / "teleport.json").write_text(json.dumps(rows, indent=2))
-    report = table(rows) + "\n\n" + "\n".join(saved_at_equal_quality(rows))
+    head = "| RMSE to the Gaussian at sigma = | " + " | ".join(f"{s:.3g}" for s in sig.tolist()) + " |"
+    level_table = "\n".join([head, "|" + "---|" * (sig.numel() + 1), *levels])
+    report = level_table + "\n\n" + table(rows) + "\n\n" + "\n".join(saved_at_equal_quality(rows))
     (out / "teleport.md").write_text(report + "\n")
     print(report)
     return 0
