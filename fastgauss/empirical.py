@@ -313,8 +313,8 @@ def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | Non
             m, _, _ = empirical_partial(xc, inv_var, block, center, norms[start:start + block.shape[0]],
                                         precision=modes, max_only=True)
             cands.run_max = torch.maximum(cands.run_max, m.to(torch.float64))
-        if data.group is not None:
-            _all_reduce_max(cands.run_max, data)
+        # this rank's maximum (no collective here: a rank without rows never comes this way); the
+        # window it gives holds the global one, and _stream prunes against the global maximum
         threshold = cands.threshold().to(torch.float32)
     part = et.Partial.empty(xc.shape[0], xc.shape[1], dtype=torch.float64, device=device)
     for start, block in chunks():
