@@ -11,6 +11,8 @@ Rows per group (d, B, rank r, T levels):
   fastgauss-shared  the same batch sharing one sigma (the operator route when it pays; the
             operator is built in the warm-up round and cached, as in a sampling loop)
 d = 12 288 and B = 8192 run in benchmarks/gpu_check.py (minutes per call on 2 CPU cores).
+test_from_fp32_moments_accuracy_at_d3072 checks (no timing) the Gaussian from fp32 Moments of
+N = 68 and 1000 rows at d = 3072 against the exact-rank float64 formula (minutes: two d x d eighs).
 """
 
 import pytest
@@ -101,3 +103,29 @@ def test_fastgauss_shared_sigma(benchmark, gaussian, case):
     benchmark.group = f"gaussian d={D} {_case_id(case)}"
     levels = sigmas[0].tolist()
     benchmark.pedantic(lambda: [den(x, level) for level in levels], rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("n", [68, 1000])
+def test_from_fp32_moments_accuracy_at_d3072(n, capsys):
+    """The paper's hardest regime at CIFAR's d: a Gaussian from fp32 Moments of N = 68 < d rows (and
+    N = 1000), against the exact-rank float64 formula at sigma in {0, 0.002, 0.01, 1}: within 2e-5."""
+    from fastgauss import reference as ref
+
+    g = torch.Generator().manual_seed(3)
+    data = (torch.randn(n, D, generator=g, dtype=torch.float64) * torch.logspace(0, -2, D, dtype=torch.float64)
+            + 0.1).float()
+    m = fastgauss.Moments()
+    for part in data.split(50):
+        m.update(part)
+    den = fastgauss.GaussianDenoiser.from_moments(m)
+    mean, vals, vecs = ref.gaussian_of_data(data)
+    x = torch.cat([data[:8], (mean + torch.randn(8, D, generator=g, dtype=torch.float64) * 0.3).float()])
+    errors = {}
+    for sigma in (0.0, 0.002, 0.01, 1.0):
+        s = torch.full((x.shape[0],), sigma, dtype=torch.float64)
+        expected = ref.gaussian_denoiser(x, s, mean, vals, vecs)
+        errors[sigma] = ((den(x, s.float()).double() - expected).norm() / expected.norm()).item()
+    with capsys.disabled():
+        print(f"\nfrom_moments N={n} d={D} (rank {int((den.eigvals > 0).sum())}): relative error " +
+              ", ".join(f"sigma={s:g}: {e:.2e}" for s, e in errors.items()))
+    assert max(errors.values()) < 2e-5
