@@ -85,10 +85,13 @@ def _error_bound(a: torch.Tensor, summary: _Summary, dim: int, u: float) -> torc
     most gamma_d |a| |y| (any summation order, FMA included), the rounded norm, the rounded a and
     the sum by a few u (|y - c|^2 + |a| |y|); |y| <= radius + |c|, |y - c| <= radius.
     """
-    gamma = dim * u / (1 - dim * u)
+    # bf16 products at large d bound nothing: every row then becomes a candidate (exact, slow)
+    gamma = dim * u / (1 - dim * u) if dim * u < 0.5 else float("inf")
     a_norm = a.to(torch.float64).norm(dim=1)
     y_max = summary.radius + summary.center_norm
-    return (2 * gamma + 8 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
+    stored = 2.0**-53 if summary.norms.dtype == torch.float64 else 2.0**-24  # the cached norms' rounding
+    return ((2 * gamma + 8 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
+            + stored * summary.radius**2)
 
 
 def _kernel_candidates(a: torch.Tensor, data: torch.Tensor, summary: _Summary, count: int):
@@ -133,17 +136,18 @@ def _candidates(x: torch.Tensor, data: torch.Tensor, summary: _Summary, k: int, 
     max_kernel = 0
     if use_kernel:
         from .kernels.neighbors import MAX_CANDIDATES as max_kernel
-    u = 2.0**-24 if use_kernel else _product_roundoff(dtype, x.device)  # the kernel: ieee fp32 products
-    bound = _error_bound(a, summary, data.shape[1], u).to(x.device)
     todo = torch.arange(x.shape[0], device=x.device)
     groups = []
     while todo.numel():
         if count <= max_kernel:
             keys, idx = _kernel_candidates(a[todo], data, summary, count)
+            u = 2.0**-24  # the kernel's products are ieee fp32
         else:
             keys, idx = _torch_candidates(a[todo], data, summary, count)
+            u = _product_roundoff(dtype, x.device)  # TF32 where the process allows it
+        bound = _error_bound(a[todo], summary, data.shape[1], u).to(x.device)
         last, kth = keys[:, -1].to(torch.float64), keys[:, k - 1].to(torch.float64)
-        enough = (last > kth + 2 * bound[todo]) | (count >= n)
+        enough = (last > kth + 2 * bound) | (count >= n)
         if bool(enough.any()):
             groups.append((todo[enough], idx[enough]))
         todo = todo[~enough]

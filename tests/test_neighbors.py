@@ -171,3 +171,17 @@ def test_kernel_writes_every_candidate_slot():
         want = exact[:, lo:hi].topk(kernel.BLOCK_N, dim=1, largest=False).values
         got = (keys[s] >> 32).to(torch.int32).view(torch.float32).double()
         assert rel_err(got, want) < 1e-5
+
+
+def test_float64_queries_on_fp32_data_and_a_loose_matmul_setting(monkeypatch):
+    """float64 queries against fp32 data (the cached fp32 norms' rounding enters the bound), and a
+    process that allows bf16 matmuls (read through a patched getter, not set): still exact."""
+    g = torch.Generator().manual_seed(8)
+    data = torch.rand(90, 33, generator=g) * 2 - 1
+    x = torch.cat([data[5:6].double() + 1e-9, torch.rand(3, 33, generator=g, dtype=torch.float64)])
+    dist, idx = fastgauss.nearest_neighbors(x, data, k=3)
+    ref_dist, ref_idx = ref.nearest_neighbors(x, data, 3)
+    assert torch.equal(idx, ref_idx) and dist.dtype == torch.float64 and rel_err(dist, ref_dist) < 1e-12
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    dist, idx = fastgauss.nearest_neighbors(x.float(), data, k=3)
+    assert torch.equal(idx, ref_idx)
