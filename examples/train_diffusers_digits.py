@@ -8,6 +8,11 @@ only supplies the data and, afterwards, the analysis of the saved folder.
     python examples/train_diffusers_digits.py --n 1797 --out runs/digits-1797   # generalizes
     fastgauss analyze runs/digits-64 --dataset runs/digits-64/train_data.npy --out runs/digits-64/report
 
+Measured on 2 shared CPU cores (defaults: channels (32, 64), one attention block, 4000 steps of
+batch 64, ~31 min each with both runs side by side, 136 img/s; analysis with jacobian_k=0):
+N = 64 memorizes (memorization ratio 0.61, RMSE to D_M / D_G at sigma <= 1: 0.046 / 0.147),
+N = 1797 generalizes (memorization ratio 0.00, 0.108 / 0.111, GL score 0.36 vs 0.51 for N(mu, Sigma)).
+
 --quick trains a tiny model for a few steps (what CI runs: seconds, no verdict to speak of).
 The folder holds the pipeline (model_index.json, unet/, scheduler/) and train_data.npy, the
 exact training images in [-1, 1] (the analysis must see the same N images the model saw).
