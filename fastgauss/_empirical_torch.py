@@ -108,11 +108,12 @@ class Partial:
         return Partial(pick(self.m), pick(self.l), pick(self.mu), pick(self.cv, 1), pick(self.zbar), pick(self.cz))
 
     def replace(self, index: torch.Tensor, other: Partial) -> Partial:
-        """This partial with queries ``index`` taken from ``other`` (a partial of len(index) queries)."""
-        def put(t, o, dim=0):
-            return None if t is None else t.index_copy(dim, index, o.to(t))
-        return Partial(put(self.m, other.m), put(self.l, other.l), put(self.mu, other.mu), put(self.cv, other.cv, 1),
-                       put(self.zbar, other.zbar), put(self.cz, other.cz))
+        """In place: queries ``index`` taken from ``other`` (a partial of len(index) queries); returns self."""
+        for dim, mine, theirs in ((0, self.m, other.m), (0, self.l, other.l), (0, self.mu, other.mu),
+                                  (1, self.cv, other.cv), (0, self.zbar, other.zbar), (0, self.cz, other.cz)):
+            if mine is not None:
+                mine.index_copy_(dim, index, theirs.to(mine))
+        return self
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.m, self.l, self.mu, self.cv, self.zbar, self.cz) if t is not None]

@@ -273,6 +273,11 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
     part = et.Partial.empty(batch, dim, probes=k, sigma_grad=sigma_grad, dtype=torch.float64, device=device)
     rows = data.chunk_rows or et.chunk_rows(batch, dim, xc.element_size(), k or 0)
     p64 = None if probes is None else probes.to(torch.float64)
+    plain = probes is None and not sigma_grad
+    if plain:
+        m = torch.full((batch,), float("-inf"), dtype=xc.dtype, device=device)
+        l = torch.zeros(batch, dtype=xc.dtype, device=device)
+        acc = torch.zeros(batch, dim, dtype=xc.dtype, device=device)
     for start, yc, norms in data.chunks(device, xc.dtype, rows):
         z, s = et.chunk_logits(xc, inv_var, yc, norms, keep_z=sigma_grad)
         top = s.max(1)
@@ -286,7 +291,21 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
                 cands.add(qid, col + start, s[qid, col].to(torch.float64))
                 if cands.qid.numel() > MAX_RECORDS // 2:
                     cands.prune()
-        part.merge_(et.chunk_partial(s, z, yc, probes, sigma_grad, top=top, leave_out=inside), p64)
+        if plain:  # D only: the running (m, l, acc) of flash attention; no cancellation to avoid
+            m_new = torch.maximum(m, top.values)
+            alpha = torch.where(torch.isfinite(m), torch.exp(m - m_new), 0)
+            p = s.sub_(m_new[:, None]).exp_()
+            if inside is not None:
+                p.masked_fill_(inside, 0)
+            l.mul_(alpha).add_(p.sum(1))
+            acc.mul_(alpha[:, None]).addmm_(p, yc)
+            m = m_new
+        else:
+            part.merge_(et.chunk_partial(s, z, yc, probes, sigma_grad, top=top, leave_out=inside), p64)
+    if plain:
+        l64 = l.to(torch.float64)
+        mu = acc.to(torch.float64) * torch.where(l64 > 0, 1 / torch.where(l64 > 0, l64, 1), 0)[:, None]
+        part = et.Partial(m.to(torch.float64), l64, mu)
     return part
 
 
@@ -356,7 +375,12 @@ def _exact(part: et.Partial, cands: _Candidates, x64, data: TrainingSet, var64, 
     for start in range(0, qid.numel(), step):
         q, i = qid[start:start + step], idx[start:start + step]
         rows = data.gather(i, device)
-        part.merge_(et.exact_partial(x64.shape[0], q, rows, x64, center, var64, probes64, sigma_grad), probes64)
+        # only the queries of this block: O(pairs x d) work, not O(B x d) per block
+        uq, local = torch.unique(q, return_inverse=True)
+        sub_probes = None if probes64 is None else probes64.index_select(1, uq)
+        block = et.exact_partial(uq.numel(), local, rows, x64.index_select(0, uq), center, var64.index_select(0, uq),
+                                 sub_probes, sigma_grad)
+        part = part.replace(uq, part.select(uq).merge_(block, sub_probes))
     return part
 
 
