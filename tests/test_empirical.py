@@ -268,7 +268,9 @@ def _tie_data(d: int, n: int, seed: int):
 
 @pytest.mark.parametrize("kind", ["memorized", "between"])
 def test_jvp_and_sigma_derivative_at_every_sigma(backend, kind):
-    d, n = 3072, 48
+    # the derivatives run on PyTorch on both backends (the kernel gives D inside torch.func.jvp):
+    # d = 1024 keeps the interpreted kernel's share of CI time small
+    d, n = (3072 if backend == "torch" else 1024), 48
     data = _tie_data(d, n, 22)
     g = torch.Generator().manual_seed(23)
     v = torch.randn(3, 2, d, generator=g)
@@ -288,7 +290,8 @@ def test_jvp_and_sigma_derivative_at_every_sigma(backend, kind):
             assert (err <= 1e-4 * (v[:, b].double().norm(dim=1) + expected.norm(dim=1))).all(), (sigma, b, err)
             ref_ds = _ref_dsigma(x[b], sigma, data)
             scale = (ref.empirical_denoiser(x[b:b + 1], s[:1], data)[0] - x[b].double()).norm() / sigma
-            assert (ds[b].double() - ref_ds).norm() <= 1e-4 * (scale + ref_ds.norm()), (sigma, b)
+            tiny = 1e-30  # below fp32's range: a memorized point's 1e-134 comes out as 0
+            assert (ds[b].double() - ref_ds).norm() <= 1e-4 * (scale + ref_ds.norm()) + tiny, (sigma, b)
 
 
 def _near_ties(data: torch.Tensor, sigma: float) -> torch.Tensor:
