@@ -72,6 +72,7 @@ class _TimedDenoiser:
 
     def __init__(self, model, label=None):
         self.model, self.label = model, label
+        self.feature_shape = getattr(model, "feature_shape", None)
         self.forward_seconds = self.transform_seconds = 0.0
         self.forward_images = 0
 
@@ -359,7 +360,7 @@ def _measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eva
                 iters, resolved = jacobian_iterations(stats.eigvals, sigma, k, _OVERSAMPLE)
                 cosines = []
                 for j, i in enumerate(picks.tolist()):
-                    x = (data[i] + sigma * eps[j])[None]  # [1, *feature_shape]: unambiguous when C = 1
+                    x = data[i] + sigma * eps[j]  # one input [*feature_shape], as jacobian_spectrum takes it
                     _, left, _ = jacobian_spectrum(timed, x, sigma, k, oversample=_OVERSAMPLE, iters=iters,
                                                    generator=_generator(seed, 4 + j))
                     cosines.append(float(subspace_alignment(left.detach(), top).mean()))
