@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("moments", "gaussian", "empirical")
+FAMILIES = ("moments", "gaussian", "empirical", "analyze")
 #: Estimated seconds of each family's correctness checks on an H200 (mostly Triton and
 #: torch.compile builds); the run records the real ones in meta.phases.
-CHECK_ESTIMATE_S = {"moments": 30.0, "gaussian": 60.0, "empirical": 40.0}
+CHECK_ESTIMATE_S = {"moments": 30.0, "gaussian": 60.0, "empirical": 40.0, "analyze": 30.0}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,6 +115,9 @@ def timing_parts(families) -> list:
     if "empirical" in families:
         parts.append(Part("empirical", "empirical + nearest neighbours N=50000 d=3072", 1, _estimate_empirical(),
                           time_empirical))
+    if "analyze" in families:  # skips itself, with a line, where diffusers is not importable
+        from gpu_check_analyze import timing_parts as analyze_parts
+        parts += analyze_parts()
     return parts
 
 
@@ -210,7 +213,10 @@ def main(argv=None) -> int:
         merge_folder(args.out)
         return table
 
-    checks = {"moments": check_moments, "gaussian": check_gaussian, "empirical": check_empirical}
+    from gpu_check_analyze import check_analyze
+
+    checks = {"moments": check_moments, "gaussian": check_gaussian, "empirical": check_empirical,
+              "analyze": check_analyze}
     if not args.timings_only:
         for name in chosen:
             t0 = time.monotonic()
