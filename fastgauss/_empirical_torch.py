@@ -44,6 +44,17 @@ def _weight(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(a), torch.exp(a - m), torch.zeros_like(a))
 
 
+def _takes_in_place(state: torch.Tensor, *updates: torch.Tensor) -> bool:
+    """Whether ``state`` can be updated in place from ``updates``: not when torch.func.vmap batches
+    an update but not the state (batched probes, e.g. in jacobian_spectrum). Adds zeros only."""
+    try:
+        for u in updates:
+            state.add_(u.sum() * 0)
+    except RuntimeError:  # adding a zero fails only when the zero carries batch dimensions the state lacks
+        return False
+    return True
+
+
 @dataclass
 class Partial:
     """Weighted-covariance softmax partial over some rows of the data, per query.
@@ -90,7 +101,12 @@ class Partial:
         delta = other.mu.to(self.mu.dtype) - self.mu
         if self.cv is not None:
             dv = torch.einsum("kbd,bd->kb", probes.to(delta.dtype), delta)[..., None]  # delta . v: [K, B, 1]
-            self.cv.mul_(a[:, None]).addcmul_(other.cv, b[:, None]).addcmul_(delta, dv * cross[:, None])
+            if not _takes_in_place(self.cv, other.cv, dv):
+                # Under vmap (batched probes, e.g. jacobian_spectrum) an unbatched state cannot take a
+                # batched update in place: this one step is out of place, the state batched after it.
+                self.cv = self.cv * a[:, None] + other.cv * b[:, None] + delta * (dv * cross[:, None])
+            else:
+                self.cv.mul_(a[:, None]).addcmul_(other.cv, b[:, None]).addcmul_(delta, dv * cross[:, None])
         if self.cz is not None:
             dz = other.zbar.to(self.zbar.dtype) - self.zbar
             self.cz.mul_(a[:, None]).addcmul_(other.cz, b[:, None]).addcmul_(delta, (cross * dz)[:, None])

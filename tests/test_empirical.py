@@ -449,3 +449,15 @@ def test_cuda_pytorch_products_do_not_follow_the_tf32_flag():
     import fastgauss._empirical_torch as et
     for module in (empirical, et):
         assert "torch.backends" not in inspect.getsource(module)
+
+
+def test_jacobian_spectrum_runs_through_the_empirical_denoiser():
+    """jacobian_spectrum vmaps J v over its probes: the streamed partials must take batched probes."""
+    g = torch.Generator().manual_seed(7)
+    data = torch.randn(40, 1, 4, 4, generator=g, dtype=torch.float64)
+    x = (data[0] + data[1]) / 2
+    s, u, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, 1.5, k=3, iters=12,
+                                          generator=torch.Generator().manual_seed(0))
+    jac = ref.empirical_jacobian(x.reshape(1, -1), 1.5, data.reshape(40, -1)).reshape(16, 16)
+    expected = torch.linalg.svdvals(jac)[:3]
+    assert torch.allclose(s, expected, rtol=1e-6, atol=1e-12), (s, expected)
