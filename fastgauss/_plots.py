@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 def figure(**kwargs):
     """A new ``matplotlib.figure.Figure`` (no pyplot, no backend change); ImportError without matplotlib."""
@@ -39,3 +41,28 @@ def plot_training_curve(path, records: list[dict]) -> Path:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.savefig(path, dpi=110)
     return path
+
+
+def imshow_array(t: torch.Tensor):
+    """[C, H, W] in [-1, 1] -> an array for imshow (channel 0 when C is not 1 or 3)."""
+    t = t.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5
+    if t.dim() != 3:
+        return None
+    return (t[0] if t.shape[0] != 3 else t.permute(1, 2, 0)).numpy()
+
+
+def image_grid(path: Path, rows: dict, title: str) -> None:
+    """A PNG of labelled rows of images: rows maps a label to a list of [C, H, W] tensors in [-1, 1]."""
+    count = max(len(v) for v in rows.values())
+    fig = figure(figsize=(1.3 * count + 1.5, 1.45 * len(rows)))
+    axes = fig.subplots(len(rows), count, squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(count):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                img = imshow_array(images[c])
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)

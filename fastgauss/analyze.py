@@ -29,6 +29,7 @@ from ._stats_cache import cached_stats
 from .data import dataset_names, load_dataset
 from .empirical import EmpiricalDenoiser
 from .gaussian_denoiser import GaussianDenoiser
+from ._plots import image_grid
 from .jacobian import jacobian_spectrum, subspace_alignment
 from .linearity import check_sigmas, denoiser_rmse, linearity_score
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
@@ -481,32 +482,6 @@ def _markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _image(t: torch.Tensor):
-    """[C, H, W] in [-1, 1] -> an array for imshow (channel 0 when C is not 1 or 3)."""
-    t = t.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5
-    if t.dim() != 3:
-        return None
-    return (t[0] if t.shape[0] != 3 else t.permute(1, 2, 0)).numpy()
-
-
-def _grid(path: Path, rows: dict, title: str) -> None:
-    from matplotlib.figure import Figure
-
-    count = max(len(v) for v in rows.values())
-    fig = Figure(figsize=(1.3 * count + 1.5, 1.45 * len(rows)))
-    axes = fig.subplots(len(rows), count, squeeze=False)
-    for r, (label, images) in enumerate(rows.items()):
-        for c in range(count):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(images):
-                img = _image(images[c])
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
-        axes[r][0].set_title(label, fontsize=8, loc="left")
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-
-
 def _write_figures(folder: Path, summary: dict, ends: dict, data: torch.Tensor) -> None:
     from matplotlib.figure import Figure
 
@@ -529,11 +504,11 @@ def _write_figures(folder: Path, summary: dict, ends: dict, data: torch.Tensor) 
     if data.dim() != 4:
         return  # flat vectors: no pictures of samples
     count = min(8, ends["model"].shape[0])
-    _grid(folder / "samples.png", {"model": ends["model"][:count], "Gaussian D_G (closed form)":
+    image_grid(folder / "samples.png", {"model": ends["model"][:count], "Gaussian D_G (closed form)":
                                    ends["gaussian"][:count], "memorizing D_M": ends["memorizing"][:count]},
           "samples from the same latents")
     nn = ends["nn_index"]
     rows = {"model samples": ends["model"][:count]}
     for j in range(nn.shape[1]):
         rows[f"nearest training image {j + 1}"] = data[nn[:, j]]
-    _grid(folder / "neighbors.png", rows, "each sample (top) above its nearest training images")
+    image_grid(folder / "neighbors.png", rows, "each sample (top) above its nearest training images")

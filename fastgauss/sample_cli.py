@@ -126,21 +126,14 @@ def _source(dataset: str):
 
 def _grid(path: Path, samples: torch.Tensor, columns: int = 8):
     """A PNG grid of up to 64 samples ([S, C, H, W] in [-1, 1]); None without matplotlib or for non-images."""
+    if samples.dim() != 4:
+        return None
     try:
-        from matplotlib.figure import Figure
+        from ._plots import image_grid
+
+        shown = samples[:64]
+        image_grid(path, {f"samples {i}-{min(i + columns, len(shown)) - 1}": list(shown[i:i + columns])
+                          for i in range(0, len(shown), columns)}, f"{len(samples)} samples")
     except ImportError:
         return None
-    if samples.dim() != 4 or samples.shape[1] not in (1, 3):
-        return None
-    shown = samples[:64].clamp(-1, 1).add(1).div(2)
-    rows = math.ceil(shown.shape[0] / columns)
-    fig = Figure(figsize=(columns, rows))
-    for i in range(rows * columns):
-        ax = fig.add_subplot(rows, columns, i + 1)
-        ax.axis("off")
-        if i < shown.shape[0]:
-            image = shown[i].permute(1, 2, 0).numpy()
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-                      vmin=0, vmax=1)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
     return path

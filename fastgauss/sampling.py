@@ -54,10 +54,10 @@ def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
 class _Trajectory:
     """Collects x after every step and D at every step's first evaluation, when asked to."""
 
-    def __init__(self, x: torch.Tensor, enabled: bool, sigma: float):
-        self.enabled, self.xs, self.ds, self.sig = enabled, [x], [], [sigma]
+    def __init__(self, x: torch.Tensor, enabled: bool, schedule: list[float]):
+        self.enabled, self.xs, self.ds, self.sig = enabled, [x], [], [schedule[0]]
+        self.schedule = schedule  # the whole (clipped) schedule, jumped levels included
         self.jump: tuple[float, float] | None = None
-        self.schedule: list[float] = []
 
     def record(self, x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> None:
         if self.enabled:
@@ -87,8 +87,7 @@ def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
     latents, sig = _check_schedule(latents, sigmas)
     sig = teleport.clip_schedule(sig, denoiser)
     x = latents * sig[0]
-    trajectory = _Trajectory(x, return_trajectory, sig[0])
-    trajectory.schedule = sig
+    trajectory = _Trajectory(x, return_trajectory, sig)
     if switch_sigma is None:
         if gaussian is not None:
             raise ValueError("switch_sigma: gaussian= was given without switch_sigma= (a level, or 'auto')")
@@ -106,14 +105,11 @@ def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
     i = teleport.switch_index(sig, float(switch_sigma))
     if i == 0:
         return x, sig, trajectory
+    jumped = teleport.gaussian_jump(gaussian, x, sig[0], sig[i])
     if return_trajectory:
         trajectory.jump = (sig[0], sig[i])
-        trajectory.record(teleport.gaussian_jump(gaussian, x, sig[0], sig[i]),
-                          _as_dtype(gaussian(x, sig[0]), x), sig[i])
-        x = trajectory.xs[-1]
-    else:
-        x = teleport.gaussian_jump(gaussian, x, sig[0], sig[i])
-    return x, sig[i:], trajectory
+        trajectory.record(jumped, _as_dtype(gaussian(x, sig[0]), x), sig[i])
+    return jumped, sig[i:], trajectory
 
 
 def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

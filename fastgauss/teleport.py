@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._arrays import flatten_batch
@@ -139,19 +140,7 @@ def _rmse_from_report(report, levels: list[float]) -> list[float]:
     except (KeyError, TypeError) as err:
         raise ValueError("report: expected an analyze summary with per_sigma.sigma and per_sigma.rmse_gaussian") from err
     order = sig.argsort()
-    log_sig, rmse = sig[order].log(), rmse[order]
-    out = []
-    for s in levels:
-        if s < float(sig.min()) or s > float(sig.max()):
-            out.append(math.inf)  # never measured there: not trusted
-            continue
-        out.append(float(_interp(math.log(s), log_sig, rmse)))
-    return out
-
-
-def _interp(t: float, xs: torch.Tensor, ys: torch.Tensor) -> float:
-    i = int(torch.searchsorted(xs, torch.tensor(t, dtype=xs.dtype)).clamp(1, xs.numel() - 1)) if xs.numel() > 1 else 0
-    if xs.numel() == 1:
-        return float(ys[0])
-    x0, x1, y0, y1 = float(xs[i - 1]), float(xs[i]), float(ys[i - 1]), float(ys[i])
-    return y0 if x1 == x0 else y0 + (y1 - y0) * (t - x0) / (x1 - x0)
+    log_sig, rmse = sig[order].log().numpy(), rmse[order].numpy()
+    lo, hi = float(sig.min()), float(sig.max())
+    # Never measured there: not trusted (an infinite RMSE fails every tolerance).
+    return [float(np.interp(math.log(s), log_sig, rmse)) if lo <= s <= hi else math.inf for s in levels]
