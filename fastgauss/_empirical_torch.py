@@ -201,20 +201,21 @@ def exact_partial(batch: int, qid: torch.Tensor, rows: torch.Tensor, x: torch.Te
     s = z / var.index_select(0, qid)
     m = torch.full((batch,), float("-inf"), dtype=s.dtype, device=s.device).scatter_reduce(0, qid, s, "amax")
     p = torch.exp(s - m.index_select(0, qid))
-    l = torch.zeros(batch, dtype=s.dtype, device=s.device).index_add_(0, qid, p)
+    # out of place throughout: under vmap (J v over batched probes) the zeros are unbatched, the updates not
+    l = torch.zeros(batch, dtype=s.dtype, device=s.device).index_add(0, qid, p)
     linv = torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
     yc = rows - center
-    mu = torch.zeros(batch, rows.shape[1], dtype=s.dtype, device=s.device).index_add_(0, qid, yc * p[:, None])
-    mu *= linv[:, None]
-    dy = yc.sub_(mu.index_select(0, qid))  # exact differences y' - mu
+    mu = torch.zeros(batch, rows.shape[1], dtype=s.dtype, device=s.device).index_add(0, qid, yc * p[:, None])
+    mu = mu * linv[:, None]
+    dy = yc - mu.index_select(0, qid)  # exact differences y' - mu
     cv = zbar = cz = None
     if probes is not None:
         t = (dy * probes.index_select(1, qid)).sum(-1) * p  # [K, P]
         cv = torch.zeros(probes.shape[0], batch, rows.shape[1], dtype=s.dtype, device=s.device)
-        cv.index_add_(1, qid, dy * t[..., None])
+        cv = cv.index_add(1, qid, dy * t[..., None])
     if sigma_grad:
-        zbar = torch.zeros_like(l).index_add_(0, qid, p * z) * linv
-        cz = torch.zeros_like(mu).index_add_(0, qid, dy * (p * (z - zbar.index_select(0, qid)))[:, None])
+        zbar = torch.zeros_like(l).index_add(0, qid, p * z) * linv
+        cz = torch.zeros_like(mu).index_add(0, qid, dy * (p * (z - zbar.index_select(0, qid)))[:, None])
     return Partial(m, l, mu, cv, zbar, cz)
 
 

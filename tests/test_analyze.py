@@ -71,11 +71,13 @@ def test_gaussian_denoiser_as_the_model_generalizes(tmp_path, digits):
 def test_empirical_denoiser_as_the_model_memorizes(tmp_path, digits):
     data = digits[:120]
     model = fastgauss.EmpiricalDenoiser(data)
-    # jacobian_k=0: the Jacobian of D_M under vmap is the empirical op's own concern (tests/test_empirical.py)
     result = fastgauss.analyze(model, data, out=tmp_path / "r", sigmas=[0.2, 1.0], samples=16, n_eval=32,
-                               jacobian_k=0, progress=False)
+                               jacobian_k=2, progress=False)
     s, t = result.summary, result.summary["per_sigma"]
     assert result.label == "memorizes"
+    # the Jacobian of D_M (J v batched under vmap) goes through the same report
+    assert s["config"]["jacobian_k"] == 2 and len(t["jacobian_alignment"]) == 2
+    assert all(a is None or 0.0 <= a <= 1.0 + 1e-6 for a in t["jacobian_alignment"])
     assert max(t["rmse_empirical"]) < 1e-5 and min(t["rmse_gaussian"]) > 0.01
     assert s["samples"]["memorization_ratio"] == 1.0 and s["samples"]["gl_score"] < 1e-3
     assert s["samples"]["flow_distance_memorizing"] < 1e-5

@@ -461,3 +461,16 @@ def test_jacobian_spectrum_runs_through_the_empirical_denoiser():
     jac = ref.empirical_jacobian(x.reshape(1, -1), 1.5, data.reshape(40, -1)).reshape(16, 16)
     expected = torch.linalg.svdvals(jac)[:3]
     assert torch.allclose(s, expected, rtol=1e-6, atol=1e-12), (s, expected)
+
+
+def test_jacobian_spectrum_through_the_exact_small_sigma_path():
+    """fp32 data at a near tie and small sigma: the float64 re-scoring of the window runs under vmap too."""
+    g = torch.Generator().manual_seed(11)
+    data = torch.randn(40, 1, 4, 4, generator=g)
+    x = (data[0] + data[1]) / 2
+    sigma = 0.3
+    s, _, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, sigma, k=2, iters=20,
+                                          generator=torch.Generator().manual_seed(0))
+    jac = ref.empirical_jacobian(x.reshape(1, -1).double(), sigma, data.reshape(40, -1).double()).reshape(16, 16)
+    expected = torch.linalg.svdvals(jac)[:2]
+    assert torch.allclose(s.double(), expected, rtol=1e-4, atol=1e-6), (s, expected)
