@@ -94,6 +94,7 @@ def test_sass_access_width(opcode, bits):
 @pytest.mark.parametrize("regs,warps,smem,arch,expected", [
     (100, 8, 53504, 90, (2, "registers")),   # 3328 registers a warp -> 19 warps -> 16 -> 2 CTAs of 8
     (168, 4, 49152, 90, (3, "registers")),   # 5376 a warp -> 12 warps -> 3 CTAs of 4
+    (100, 2, 0, 90, (8, "registers")),       # 19 warps by registers, allocated in fours: 16, not 19 // 2 = 9
     (212, 8, 65792, 80, (1, "registers")),   # 6912 a warp -> 9 -> 8 warps
     (32, 4, 100000, 80, (1, "shared")),      # 167936 // 101024
     (24, 4, 1000, 90, (16, "warps")),        # 64 warps // 4 (registers would allow 21)
