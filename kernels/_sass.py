@@ -4,10 +4,11 @@ How each fact is measured:
 
 * **Loops** are the address ranges ``[target, branch]`` of backward branches (``BRA`` to a
   lower address). The *inner loops* are those containing no other loop; the *main loop* is the
-  inner loop with tensor-core instructions (HGMMA, HMMA), else the one with the most FFMA (ties:
-  the first) — for a Triton
-  ``tl.dot`` loop, the software-pipelined K loop. Counts are per pass of that range, i.e. per
-  iteration of the loop, per warp (SASS is one warp's instruction stream).
+  inner loop with the most math instructions (HGMMA, HMMA, FFMA), loops with tensor-core ones
+  first (ties: the first) — for a Triton ``tl.dot`` loop, the software-pipelined K loop; where
+  two loops hold HGMMAs (the empirical kernel's X.Y^T and P.V) it is the one with more of them.
+  Counts are per pass of that range, i.e. per iteration of the loop, per warp (SASS is one
+  warp's instruction stream). The *outer loops* hold other loops; their facts leave those out.
 * **HGMMA shapes**: the ``HGMMA.MxNxK.Acc.In`` opcode suffix, counted. ``a_source`` is
   "registers" when the first source operand is a register (``HGMMA ... R24, R56, gdesc[..]``:
   A built in registers), "shared" when it is a ``gdesc[..]`` descriptor.
