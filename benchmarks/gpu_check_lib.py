@@ -100,7 +100,8 @@ class Report:
             lines.append(f"{c.name:<40} {c.case:<34} {c.error:>10.2e} {c.tolerance:>8.0e}  "
                          f"{'ok' if c.passed else 'FAIL'}")
         if self.timings:
-            lines += ["", f"{'timing':<40} {'case':<34} {'ms':>9} {'predicted':>9} {'TFLOP/s':>8} {'GB/s':>7}  vs baseline"]
+            lines += ["", f"{'timing':<40} {'case':<34} {'ms':>9} {'predicted':>9} {'TFLOP/s':>8} {'GB/s':>7}"
+                          "  vs baseline"]
             for t in self.timings:
                 tf = f"{t.tflops:8.1f}" if t.tflops is not None else " " * 8
                 gb = f"{t.gbps:7.0f}" if t.gbps is not None else " " * 7

@@ -193,7 +193,8 @@ def predict(result: dict, target: dict) -> dict:
             "compute_ms": compute_s * 1e3, "hbm_ms": hbm_s * 1e3, "bound": bound,
             "loop_terms_ms": {k: v * waves * per_sm * work["launches"] * 1e3 for k, v in terms.items()},
             "fraction_of_peak": ideal / predicted, "fraction_of_hbm_floor": floor / predicted,
-            "wave_efficiency": target["wave_efficiency"], "ctas_per_sm": per_sm, "hbm_gb": work["hbm"] * work["launches"] / 1e9}
+            "wave_efficiency": target["wave_efficiency"], "ctas_per_sm": per_sm,
+            "hbm_gb": work["hbm"] * work["launches"] / 1e9}
 
 
 def model(results: list[dict]) -> list[dict]:
@@ -234,7 +235,8 @@ def gpu_check_cases() -> dict:
     for sigma in (0.002, 1.0):
         cases[("kernel fp32 pass (before)", f"N=50000 d=3072 B=1024 sigma={sigma}")] = [
             ("empirical_partial[ieee,ieee]", "B=1024,N=50000,d=3072")]
-    cases[("fastgauss nearest_neighbors", "N=50000 d=3072 B=1024 k=2")] = [("nn_candidates[ieee]", "B=1024,N=50000,d=3072")]
+    cases[("fastgauss nearest_neighbors", "N=50000 d=3072 B=1024 k=2")] = [
+        ("nn_candidates[ieee]", "B=1024,N=50000,d=3072")]
     return cases
 
 
