@@ -3,10 +3,13 @@ versions it ran with, and the duration model behind ``--plan`` and ``--budget``.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -33,6 +36,7 @@ class Timing:
     gbps: float | None = None
     baseline: str | None = None  # the name of the row this one is compared with
     speedup: float | None = None  # baseline ms / this ms
+    predicted_ms: float | None = None  # the static model's time (benchmarks/roofline_model.py), if it has one
 
 
 @dataclass
@@ -54,8 +58,10 @@ class Report:
         if baseline is not None:
             ref = next(t for t in self.timings if t.name == baseline and t.case == case)
             row.baseline, row.speedup = baseline, ref.ms / ms
+        row.predicted_ms = predicted_ms(name, case)
         self.timings.append(row)
-        print(f"[time] {name} {case}: {ms:.3f} ms", flush=True)
+        predicted = f" (predicted {row.predicted_ms:.3f} ms)" if row.predicted_ms is not None else ""
+        print(f"[time] {name} {case}: {ms:.3f} ms{predicted}", flush=True)
         return row
 
     @property
@@ -94,15 +100,36 @@ class Report:
             lines.append(f"{c.name:<40} {c.case:<34} {c.error:>10.2e} {c.tolerance:>8.0e}  "
                          f"{'ok' if c.passed else 'FAIL'}")
         if self.timings:
-            lines += ["", f"{'timing':<40} {'case':<34} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>7}  vs baseline"]
+            lines += ["", f"{'timing':<40} {'case':<34} {'ms':>9} {'predicted':>9} {'TFLOP/s':>8} {'GB/s':>7}"
+                          "  vs baseline"]
             for t in self.timings:
                 tf = f"{t.tflops:8.1f}" if t.tflops is not None else " " * 8
                 gb = f"{t.gbps:7.0f}" if t.gbps is not None else " " * 7
+                pred = f"{t.predicted_ms:9.3f}" if t.predicted_ms is not None else " " * 9
                 vs = f"{t.speedup:.2f}x vs {t.baseline}" if t.baseline else ""
-                lines.append(f"{t.name:<40} {t.case:<34} {t.ms:>9.3f} {tf} {gb}  {vs}")
+                lines.append(f"{t.name:<40} {t.case:<34} {t.ms:>9.3f} {pred} {tf} {gb}  {vs}")
         passed = sum(c.passed for c in self.checks)
         lines += ["", f"{passed} passed, {len(self.checks) - passed} failed"]
         return "\n".join(lines)
+
+
+#: Predictions of benchmarks/roofline_model.py, one file per Triton version that built the facts.
+PREDICTIONS = Path(__file__).resolve().parent / "results"
+
+
+@functools.lru_cache(maxsize=None)
+def _predictions(triton_version: str) -> tuple:
+    path = PREDICTIONS / f"roofline-triton{triton_version}.json"
+    return tuple(json.loads(path.read_text())["predictions"]) if path.exists() else ()
+
+
+def predicted_ms(name: str, case: str) -> float | None:
+    """The static model's time for a timing row, from the predictions of the running Triton's
+    version (written by ``python benchmarks/roofline_model.py --json``); None when it has none."""
+    from roofline_model import predicted_ms as lookup
+
+    rows = _predictions(_module_version("triton"))
+    return lookup(list(rows), name, case) if rows else None
 
 
 def bench_ms(fn, *, warmup_ms: int = 50, rep_ms: int = 200) -> float:

@@ -170,3 +170,22 @@ def gate_entries():
         tag = ",window" if window else (",max-only" if max_only else "")
         yield (f"empirical_partial[{qk},{pv}{tag}]", _empirical_partial_kernel, signature, constexprs,
                cfg.num_warps, cfg.num_stages, qk != "ieee")
+
+
+def gate_targets(sms: int = 132):
+    """(entry name, shape label, int args, grid) of each product mode's launch at the target shape
+    B = 1024, N = 50 000, d = 3072 on a GPU with ``sms`` SMs, for the compile gate. Repeats the
+    split arithmetic of empirical_partial."""
+    n_queries, n_data, dim = 1024, 50000, 3072
+    for qk, pv in MODES:
+        cfg = CONFIGS["fma" if (qk, pv) == ("ieee", "ieee") else "mma"]
+        query_blocks = triton.cdiv(n_queries, cfg.block_m)
+        want = triton.cdiv(2 * sms, query_blocks)
+        fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
+        splits = max(1, min(want, fit, triton.cdiv(n_data, cfg.block_n)))
+        rows_per_split = triton.cdiv(n_data, splits)
+        splits = triton.cdiv(n_data, rows_per_split)
+        yield (f"empirical_partial[{qk},{pv}]", f"B={n_queries},N={n_data},d={dim}",
+               {"n_queries": n_queries, "n_data": n_data, "dim": dim, "rows_per_split": rows_per_split,
+                "stride_y": dim},
+               (query_blocks, splits))

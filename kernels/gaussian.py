@@ -201,3 +201,27 @@ def gate_entries():
                          "stride_u": "i32", **{k: "constexpr" for k in common}}
             yield (f"gaussian_reconstruct[{size},{precision}]", _reconstruct_kernel, recon_sig, common,
                    cfg.num_warps, cfg.num_stages, precision != "ieee")
+
+
+def gate_targets(sms: int = 132):
+    """(entry name, shape label, int args, grid) of each launch at the target shapes B = 8192,
+    d = 3072 and 12 288, r = d, d / 8 (gpu_check's) and 256, T = 1 level, output "denoised", on a
+    GPU with ``sms`` SMs, for the compile gate. Repeats the launcher's arithmetic (choose_config,
+    the grids of _denoise_rows)."""
+    n, levels = 8192, 1
+    for d in (3072, 12288):
+        for r in (d, d // 8, 256):
+            for precision in PRECISIONS:
+                family = "fma" if precision == "ieee" else "mma"
+                label = f"B={n},d={d},r={r}"
+                cfg = choose_config(precision, n, r)
+                size = "large" if cfg is CONFIGS[(family, "large")] else "small"
+                yield (f"gaussian_project[{size},{precision}]", label,
+                       {"n_rows": n, "n_levels": levels, "dim": d, "rank": r, "stride_x": d, "stride_u": r},
+                       (triton.cdiv(n, cfg.block_m), triton.cdiv(r, cfg.block_n)))
+                cfg = choose_config(precision, n * levels, d)
+                size = "large" if cfg is CONFIGS[(family, "large")] else "small"
+                yield (f"gaussian_reconstruct[{size},{precision}]", label,
+                       {"n_rows": n, "n_levels": levels, "dim": d, "rank": r, "output_mode": OUTPUTS["denoised"],
+                        "stride_u": r},
+                       (triton.cdiv(n * levels, cfg.block_m), triton.cdiv(d, cfg.block_n)))

@@ -192,3 +192,28 @@ def gate_entries():
                 name = f"centered_gram[{cfg_name},{precision},{'sym' if symmetric else 'cross'}]"
                 yield (name, _centered_gram_kernel, signature, constexprs,
                        cfg.num_warps, cfg.num_stages, precision != "ieee")
+
+
+def gate_targets(sms: int = 132):
+    """(entry name, shape label, int args, grid) of the symmetric Gram launches at N = 50 000,
+    d = 3072 on a GPU with ``sms`` SMs, for the compile gate: one row per distinct launch, its
+    count in the label (``launches=``). Repeats the arithmetic of centered_gram_accumulate."""
+    n, dim = 50000, 3072
+    cfg_name = choose_config(dim, dim)
+    cfg = CONFIGS[cfg_name]
+    tiles = _num_tiles(dim, dim, cfg.block, True)
+    for precision in PRECISIONS:
+        want_splits = math.ceil(2 * sms / tiles)
+        fit_splits = max(1, _SPLIT_SCRATCH_BYTES // (4 * dim * dim))
+        useful_splits = max(1, n // (8 * cfg.block_k))
+        max_splits = max(1, min(want_splits, fit_splits, useful_splits))
+        rows_per_split = min(MAX_ROWS_PER_PROGRAM[precision], triton.cdiv(n, max_splits))
+        rows_per_launch = rows_per_split * max_splits
+        launches = [min(rows_per_launch, n - start) for start in range(0, n, rows_per_launch)]
+        for rows in sorted(set(launches), reverse=True):
+            splits = triton.cdiv(rows, rows_per_split)
+            yield (f"centered_gram[{cfg_name},{precision},sym]",
+                   f"N={n},d={dim},rows={rows},launches={launches.count(rows)}",
+                   {"n_rows": rows, "rows_per_split": rows_per_split, "dim_a": dim, "dim_b": dim,
+                    "stride_a_row": dim, "stride_b_row": dim, "stride_out_split": dim * dim, "stride_out_row": dim},
+                   (tiles, splits))

@@ -86,3 +86,17 @@ def gate_entries():
                  "rows_per_split": "i32", "stride_y": "i32"}
     constexprs = {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
     yield ("nn_candidates[ieee]", _nn_candidates_kernel, signature, constexprs, NUM_WARPS, NUM_STAGES, False)
+
+
+def gate_targets(sms: int = 132):
+    """(entry name, shape label, int args, grid) of the launch at B = 1024, N = 50 000, d = 3072 on
+    a GPU with ``sms`` SMs, for the compile gate. Repeats the split arithmetic of nn_candidates."""
+    n_queries, n_data, dim = 1024, 50000, 3072
+    query_blocks = triton.cdiv(n_queries, BLOCK_M)
+    splits = max(1, min(triton.cdiv(2 * sms, query_blocks), triton.cdiv(n_data, BLOCK_N)))
+    rows_per_split = triton.cdiv(n_data, splits)
+    splits = triton.cdiv(n_data, rows_per_split)
+    yield ("nn_candidates[ieee]", f"B={n_queries},N={n_data},d={dim}",
+           {"n_queries": n_queries, "n_data": n_data, "dim": dim, "rows_per_split": rows_per_split,
+            "stride_y": dim},
+           (query_blocks, splits))
