@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
-           "fastgauss.neighbors", "fastgauss.jvp", "fastgauss.data", "fastgauss.teleport"]
+           "fastgauss.neighbors", "fastgauss.jvp", "fastgauss.data", "fastgauss.data.load",
+           "fastgauss.teleport"]
 
 
 @pytest.mark.parametrize("name", MODULES)
