@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ._arrays import as_float, as_tensor, inspectable
+from ._core.arrays import as_float, as_tensor, inspectable
 from ._stats_cache import cached_stats
 from .data import dataset_names, load_dataset
 from .empirical import EmpiricalDenoiser
 from .gaussian_denoiser import GaussianDenoiser
-from ._plots import image_grid
+from ._core.plots import image_grid
 from .jacobian import jacobian_spectrum, subspace_alignment
 from .linearity import check_sigmas, denoiser_rmse, linearity_score
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors

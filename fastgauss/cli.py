@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from ._device import check_device
+from ._core.device import check_device
 from .data import SCALES, dataset_names, load_dataset
 from .moments import PRECISIONS, Moments
 from .analyze_cli import add_parser as _add_analyze
@@ -231,7 +231,7 @@ def _check_size(option: str, n: int, data: torch.Tensor, source) -> None:
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from ._plots import plot_training_curve
+    from ._core.plots import plot_training_curve
     from .train import TrainConfig, Trainer
 
     data = _load(args)

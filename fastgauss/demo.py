@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ._plots import figure
+from ._core.plots import figure
 from .data import load_dataset
 from .empirical import EmpiricalDenoiser
 from .sampling import edm_sigmas, sample_euler

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._arrays import flatten_batch
+from ._core.arrays import flatten_batch
 from .gaussian_denoiser import GaussianDenoiser
 from .linearity import _apply, _rows, check_sigmas
 from .moments import Moments

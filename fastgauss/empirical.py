@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from . import _empirical_torch as et
-from . import _rows
-from ._arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from ._backend import backend_for
-from ._device import check_device
+from ._core import rows as _rows
+from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ._core.backend import backend_for
+from ._core.device import check_device
 
 PRECISIONS = ("ieee", "tf32", "bf16", "auto")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import _gaussian_torch as gt
-from ._arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
 from .gaussian_op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
 from .moments import Moments
 

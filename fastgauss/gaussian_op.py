@@ -7,8 +7,8 @@ import math
 import torch
 
 from . import _gaussian_torch as gt
-from ._arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from ._backend import backend_for
+from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ._core.backend import backend_for
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = gt.OUTPUTS

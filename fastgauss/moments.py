@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import torch
 
-from ._arrays import as_float, as_tensor, check_finite, flatten_batch
-from ._backend import backend_for
+from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ._core.backend import backend_for
 from . import _gram_torch
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -308,7 +308,7 @@ class Moments:
         Afterwards every rank holds the moments of all ranks' samples. Ranks that saw no
         data take part too. Returns self.
         """
-        from ._distributed import all_reduce_moments
+        from ._core.distributed import all_reduce_moments
         all_reduce_moments(self, group)
         return self
 
@@ -372,7 +372,7 @@ class Moments:
         """
         from tqdm.auto import tqdm
 
-        from ._device import check_device
+        from ._core.device import check_device
 
         if device is not None:
             device = check_device(device)  # before the progress bar: a clear error, not torch's deep one

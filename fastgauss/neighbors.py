@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._arrays import as_float, as_tensor, check_finite, flatten_batch
-from . import _rows
-from ._backend import backend_for
+from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ._core import rows as _rows
+from ._core.backend import backend_for
 
 #: Bytes of the [B, chunk] distance block per chunk of data rows.
 _WORKSPACE_BYTES = 32 << 20

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ._plots import figure
+from ._core.plots import figure
 from .data import load_dataset
 from .demo import DEFINITIONS, model_verdict
 from .train import TrainConfig, Trainer

@@ -129,7 +129,7 @@ def _grid(path: Path, samples: torch.Tensor, columns: int = 8):
     if samples.dim() != 4:
         return None
     try:
-        from ._plots import image_grid
+        from ._core.plots import image_grid
 
         shown = samples[:64]
         image_grid(path, {f"samples {i}-{min(i + columns, len(shown)) - 1}": list(shown[i:i + columns])

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ._arrays import flatten_batch
+from ._core.arrays import flatten_batch
 
 #: Default RMSE tolerance of ``switch_sigma="auto"``: the network's RMSE to the Gaussian denoiser
 #: (pixels in [-1, 1]) must stay below it at every level the jump skips. Chosen from

@@ -131,7 +131,7 @@ def test_diagnostics_read_flags_from_inside(watch):
 
 
 def test_training_and_reports(watch, tmp_path):
-    from fastgauss._plots import plot_training_curve
+    from fastgauss._core.plots import plot_training_curve
     from fastgauss.demo import _plot_curves
     from fastgauss.reproduce import _plot
     from fastgauss.spectrum import plot_spectrum

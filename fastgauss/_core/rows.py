@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._arrays import check_finite
+from .arrays import check_finite
 
 #: Bytes of one float64 block (the temporaries of every pass are a small multiple of it).
 BLOCK_BYTES = 8 << 20
