@@ -18,15 +18,15 @@ Public API (see README.md for a tour):
 from .empirical import EmpiricalDenoiser, empirical_denoise
 from .gaussian_denoiser import GaussianDenoiser
 from .gaussian_op import gaussian_denoise
-from .distill import distill_linear
-from .jacobian import jacobian_spectrum, subspace_alignment
-from .jvp import jvp
-from .linearity import denoiser_rmse, linearity_score
+from .diagnostics.distill import distill_linear
+from .diagnostics.jacobian import jacobian_spectrum, subspace_alignment
+from .diagnostics.jvp import jvp
+from .diagnostics.linearity import denoiser_rmse, linearity_score
 from .moments import Moments
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
-from .verdict import Verdict, verdict
+from .diagnostics.verdict import Verdict, verdict
 from .analyze import Analysis, analyze
 
 __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",

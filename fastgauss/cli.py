@@ -25,7 +25,7 @@ from .data import SCALES, dataset_names, load_dataset
 from .moments import PRECISIONS, Moments
 from .analyze_cli import add_parser as _add_analyze
 from .sample_cli import add_parser as _add_sample
-from .spectrum import components_for_variance, plot_spectrum
+from .diagnostics.spectrum import components_for_variance, plot_spectrum
 
 DEFAULT_OUT = Path("fastgauss-out")
 

@@ -110,7 +110,7 @@ def auto_switch_sigma(denoiser, gaussian, sigmas: list[float], *, data=None, rep
         raise ValueError(f"tol: expected an RMSE > 0, got {tol!r}")
     levels = [s for s in sigmas if s > 0]
     if data is not None:
-        from .linearity import denoiser_rmse
+        from .diagnostics.linearity import denoiser_rmse
 
         table = denoiser_rmse(denoiser, gaussian, data, torch.tensor(levels, dtype=torch.float64),
                               n=min(n, len(data)), generator=generator)

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
-           "fastgauss.neighbors", "fastgauss.jvp", "fastgauss.data", "fastgauss.data.load",
+           "fastgauss.neighbors", "fastgauss.diagnostics.jvp", "fastgauss.data", "fastgauss.data.load",
            "fastgauss.teleport"]
 
 

@@ -357,7 +357,7 @@ def test_spectrum_plot_shows_the_exact_zeros_as_such(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.figure
 
-    from fastgauss.spectrum import components_for_variance, nonzero_spectrum, plot_spectrum
+    from fastgauss.diagnostics.spectrum import components_for_variance, nonzero_spectrum, plot_spectrum
 
     x = (torch.randn(10, 33, generator=torch.Generator().manual_seed(0)) + 2).float()
     m = fastgauss.Moments().update(x)

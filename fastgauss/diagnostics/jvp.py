@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.arrays import as_float, as_tensor
-from ._tangent_rules import cheaper_tangents
+from .._core.arrays import as_float, as_tensor
+from .tangent_rules import cheaper_tangents
 
 # Tangents ([K, B, ...] elements) from which the cheaper rules for convolutions, SiLU,
 # normalization and attention pay for their ~0.7 ms per call of bookkeeping on CPU:
@@ -39,18 +39,18 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     GaussianDenoiser and EmpiricalDenoiser use their analytic fused paths. For networks,
     torch.func.jvp under vmap over the probes (eval mode for normalization layers), with
     cheaper forward-mode rules for convolutions, SiLU, group/layer norm and attention once
-    the tangents are large (fastgauss/_tangent_rules.py).
+    the tangents are large (fastgauss/diagnostics/tangent_rules.py).
     Returns D: [B, *feature_shape] and J v shaped like v.
 
     Example:
         >>> import torch, fastgauss
         >>> A, v = torch.randn(6, 6), torch.randn(3, 2, 6)
-        >>> d, jv = fastgauss.jvp(lambda x, s: x @ A.T, torch.randn(2, 6), 0.5, v)
+        >>> d, jv = fastgauss.diagnostics.jvp(lambda x, s: x @ A.T, torch.randn(2, 6), 0.5, v)
         >>> torch.allclose(jv, v @ A.T, atol=1e-5)  # a linear map's J v is A v
         True
     """
-    from .empirical import EmpiricalDenoiser
-    from .gaussian_denoiser import GaussianDenoiser
+    from ..empirical import EmpiricalDenoiser
+    from ..gaussian_denoiser import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))
     v = as_float(as_tensor(v, "v")).to(device=x.device, dtype=x.dtype)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._core.arrays import flatten_batch
-from .gaussian_denoiser import GaussianDenoiser
+from .._core.arrays import flatten_batch
+from ..gaussian_denoiser import GaussianDenoiser
 from .linearity import _apply, _rows, check_sigmas
-from .moments import Moments
+from ..moments import Moments
 
 
 @dataclass

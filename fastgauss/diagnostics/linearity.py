@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core.arrays import as_float, as_tensor, flatten_batch
+from .._core.arrays import as_float, as_tensor, flatten_batch
 from .jvp import check_output
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._core.arrays import as_float, as_tensor
-from ._tangent_rules import cheaper_tangents
+from .._core.arrays import as_float, as_tensor
+from .tangent_rules import cheaper_tangents
 from .jvp import RULE_MIN_ELEMENTS, check_output
 
 
