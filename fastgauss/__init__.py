@@ -24,7 +24,7 @@ from .diagnostics.jvp import jvp
 from .diagnostics.linearity import denoiser_rmse, linearity_score
 from .moments import Moments
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
-from .sampling import edm_sigmas, sample_euler, sample_heun
+from .edm.sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .diagnostics.verdict import Verdict, verdict
 from .analyze import Analysis, analyze

@@ -33,7 +33,7 @@ from ._core.plots import image_grid
 from .diagnostics.jacobian import jacobian_spectrum, subspace_alignment
 from .diagnostics.linearity import check_sigmas, denoiser_rmse, linearity_score
 from .neighbors import gl_score, memorization_ratio, nearest_neighbors
-from .sampling import edm_sigmas, sample_euler
+from .edm.sampling import edm_sigmas, sample_euler
 
 #: Default noise levels (those inside the model's [sigma_min, sigma_max] are used).
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)

@@ -232,7 +232,7 @@ def _check_size(option: str, n: int, data: torch.Tensor, source) -> None:
 
 def _train_run(args: argparse.Namespace) -> int:
     from ._core.plots import plot_training_curve
-    from .train import TrainConfig, Trainer
+    from .edm.train import TrainConfig, Trainer
 
     data = _load(args)
     if args.n is not None:

@@ -19,8 +19,8 @@ import torch
 from ._core.plots import figure
 from .data import load_dataset
 from .empirical import EmpiricalDenoiser
-from .sampling import edm_sigmas, sample_euler
-from .train import TrainConfig, Trainer
+from .edm.sampling import edm_sigmas, sample_euler
+from .edm.train import TrainConfig, Trainer
 from .diagnostics.verdict import verdict
 
 #: What every number in the report means (printed into summary.md; the README repeats it).

@@ -18,7 +18,7 @@ import torch
 from ._core.plots import figure
 from .data import load_dataset
 from .demo import DEFINITIONS, model_verdict
-from .train import TrainConfig, Trainer
+from .edm.train import TrainConfig, Trainer
 
 MID_SIGMA = (0.5, 5.0)
 _MARKERS = {"memorizes": "X", "undertrained": "v", "generalizes": "o"}

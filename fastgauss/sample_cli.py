@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ._stats_cache import cached_stats
     from .cli import UsageError, _load, _say
     from .models import load_denoiser
-    from .sampling import edm_sigmas
-    from .teleport import DEFAULT_TOL
+    from .edm.sampling import edm_sigmas
+    from .edm.teleport import DEFAULT_TOL
 
     started = time.perf_counter()
     out = Path(args.out)

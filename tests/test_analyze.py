@@ -150,7 +150,7 @@ def test_bad_input_names_the_argument(digits):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from fastgauss.train import TrainConfig, Trainer
+    from fastgauss.edm.train import TrainConfig, Trainer
 
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(dataset="digits", n=40, width=8, steps=2, batch_size=8, eval_every=2, out=str(run))

@@ -89,8 +89,8 @@ def test_sharded_empirical_denoiser_equals_one_pass(tmp_path):
 def _step_gradients(trainer):
     """Gradients of the first step's loss, through the trainer's (DDP or plain) model."""
     from fastgauss.edm import edm_loss
-    from fastgauss.splits import batch_at
-    from fastgauss.train import _step_generator
+    from fastgauss.edm.splits import batch_at
+    from fastgauss.edm.train import _step_generator
 
     batch = batch_at(trainer.train_set, trainer.config.batch_size, 0, trainer.config.seed)
     loss = edm_loss(trainer.forward_model, batch, generator=_step_generator(trainer.config.seed, 0, 1),
@@ -103,14 +103,14 @@ def _step_gradients(trainer):
 
 
 def _train_config(out):
-    from fastgauss.train import TrainConfig
+    from fastgauss.edm.train import TrainConfig
 
     return TrainConfig(n=64, width=8, steps=4, batch_size=16, warmup=2, eval_every=4, out=out)
 
 
 def _train_worker(rank: int, init_file: str, out: str, result_file: str) -> None:
     from fastgauss.data import load_dataset
-    from fastgauss.train import Trainer
+    from fastgauss.edm.train import Trainer
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -124,7 +124,7 @@ def _train_worker(rank: int, init_file: str, out: str, result_file: str) -> None
 
 def test_ddp_training_equals_one_process_on_the_whole_batch(tmp_path):
     from fastgauss.data import load_dataset
-    from fastgauss.train import Trainer
+    from fastgauss.edm.train import Trainer
 
     result = str(tmp_path / "weights")
     mp.start_processes(_train_worker, args=(str(tmp_path / "init"), str(tmp_path / "ddp"), result), nprocs=WORLD,

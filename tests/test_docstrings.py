@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
            "fastgauss.neighbors", "fastgauss.diagnostics.jvp", "fastgauss.data", "fastgauss.data.load",
-           "fastgauss.teleport"]
+           "fastgauss.edm.teleport"]
 
 
 @pytest.mark.parametrize("name", MODULES)

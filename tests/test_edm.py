@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastgauss.edm import EMA, EDMDenoiser, edm_coefficients, edm_loss, training_sigmas
-from fastgauss.unet import SmallUNet
+from fastgauss.edm.unet import SmallUNet
 
 
 def test_coefficients_follow_the_formulas():
@@ -88,7 +88,7 @@ def test_ema_update_is_the_moving_average():
 @pytest.mark.parametrize("sigma", [0.0, -0.5, float("nan"), float("inf")])
 def test_edm_denoiser_rejects_sigma_that_is_not_positive(sigma):
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
 
     net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
     x = torch.zeros(2, 1, 8, 8)

@@ -26,7 +26,7 @@ def test_jacobian_spectrum_one_channel_image_as_in_the_readme():
     assert torch.allclose(s, w, rtol=1e-4) and u.shape == (16, 3)
     # and a network that does not declare feature_shape, on a 1-channel image [1, H, W]
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
 
     net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
     s, u, _ = fastgauss.jacobian_spectrum(net, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
@@ -41,7 +41,7 @@ def test_jacobian_spectrum_batch_names_the_shape_passed():
     with pytest.raises(ValueError, match=r"x: .*got shape \(16,\)"):
         fastgauss.jacobian_spectrum(g, data[0].reshape(-1), 0.5, k=2)
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
 
     net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
     with pytest.raises(ValueError, match=r"x: the denoiser failed on x\[None\] of shape \(1, 2, 1, 4, 4\)"):

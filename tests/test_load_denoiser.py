@@ -245,7 +245,7 @@ def test_bad_paths(tmp_path):
 
 # ----------------------------------------------------------------- fastgauss checkpoints
 def test_fastgauss_checkpoint(tmp_path):
-    from fastgauss.train import TrainConfig, Trainer
+    from fastgauss.edm.train import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(dataset="digits", n=16, width=8, steps=1, batch_size=8, out=str(tmp_path)))
     torch.nn.init.normal_(trainer.ema.model.network.out[-1].weight, std=0.1)  # a non-trivial network

@@ -7,7 +7,7 @@ import torch
 
 import fastgauss
 from fastgauss.edm import EDMDenoiser
-from fastgauss.unet import SmallUNet
+from fastgauss.edm.unet import SmallUNet
 
 
 def _gen(seed):

@@ -9,7 +9,7 @@ import torch
 
 from fastgauss.cli import main
 from fastgauss.data import load_dataset
-from fastgauss.train import TrainConfig, Trainer
+from fastgauss.edm.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastgauss.splits import batch_at, split_disjoint, subset, training_batches
+from fastgauss.edm.splits import batch_at, split_disjoint, subset, training_batches
 
 
 def test_subset_is_deterministic_and_checked():

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import fastgauss.train as train_module
+import fastgauss.edm.train as train_module
 from fastgauss.data import load_dataset
-from fastgauss.train import TrainConfig, Trainer, load_checkpoint
+from fastgauss.edm.train import TrainConfig, Trainer, load_checkpoint
 
 
 def _config(tmp_path, **overrides):

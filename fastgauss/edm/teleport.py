@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ._core.arrays import flatten_batch
+from .._core.arrays import flatten_batch
 
 #: Default RMSE tolerance of ``switch_sigma="auto"``: the network's RMSE to the Gaussian denoiser
 #: (pixels in [-1, 1]) must stay below it at every level the jump skips. Chosen from
@@ -110,7 +110,7 @@ def auto_switch_sigma(denoiser, gaussian, sigmas: list[float], *, data=None, rep
         raise ValueError(f"tol: expected an RMSE > 0, got {tol!r}")
     levels = [s for s in sigmas if s > 0]
     if data is not None:
-        from .diagnostics.linearity import denoiser_rmse
+        from ..diagnostics.linearity import denoiser_rmse
 
         table = denoiser_rmse(denoiser, gaussian, data, torch.tensor(levels, dtype=torch.float64),
                               n=min(n, len(data)), generator=generator)

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ._core.arrays import inspectable
+from .._core.arrays import inspectable
 
 SIGMA_DATA = 0.5
 

@@ -11,7 +11,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ._core.arrays import as_float, as_tensor
+from .._core.arrays import as_float, as_tensor
 
 
 def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
