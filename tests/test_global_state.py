@@ -132,8 +132,8 @@ def test_diagnostics_read_flags_from_inside(watch):
 
 def test_training_and_reports(watch, tmp_path):
     from fastgauss._core.plots import plot_training_curve
-    from fastgauss.demo import _plot_curves
-    from fastgauss.reproduce import _plot
+    from fastgauss.cli.demo import _plot_curves
+    from fastgauss.cli.reproduce import _plot
     from fastgauss.diagnostics.spectrum import plot_spectrum
     from fastgauss.edm.train import TrainConfig, Trainer
 

@@ -9,16 +9,18 @@ model, the mean RMSE to the Gaussian and to the memorizing denoiser over sigma i
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 from pathlib import Path
 
 import torch
 
-from ._core.plots import figure
-from .data import load_dataset
+from .._core.plots import figure
+from ..data import load_dataset
 from .demo import DEFINITIONS, model_verdict
-from .edm.train import TrainConfig, Trainer
+from ..edm.train import TrainConfig, Trainer
+from .common import DEFAULT_OUT, add_device_argument, add_scale_argument, check_size, int_list, load_data, positive_int
 
 MID_SIGMA = (0.5, 5.0)
 _MARKERS = {"memorizes": "X", "undertrained": "v", "generalizes": "o"}
@@ -112,3 +114,36 @@ def _plot(path: Path, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the axes
     fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------ the command
+
+def run_command(args: argparse.Namespace) -> int:
+
+    data = load_data(args)
+    for n in args.sizes:
+        check_size("--sizes", n, data, args.dataset)
+    folder = run_sweep(args.dataset, args.sizes, args.widths, args.steps, out=args.out, samples=args.samples,
+                       progress=not args.quiet, device=args.device, data=data, scale=args.scale)
+    print((folder / "sweep.md").read_text())
+    print(f"wrote {folder / 'sweep.json'}, {folder / 'sweep.md'} and {folder / 'sweep.png'}")
+    return 0
+
+
+def add_parser(commands) -> None:
+    sweep = commands.add_parser("reproduce", help="the paper's sweeps: training-set size, width, training length",
+                                description="Train every combination of --sizes, --widths and --steps and report "
+                                            "each model's verdict (memorizes, undertrained or generalizes) with "
+                                            "its evidence.")
+    sweep.add_argument("--dataset", default="digits", help="bundled name or path (a zip for CIFAR-10 or FFHQ)")
+    add_scale_argument(sweep)
+    sweep.add_argument("--sizes", type=int_list(2), default=[64, 256, 1797],
+                       help="training-set sizes (each from 2 to the dataset's size), e.g. 64,256,1797")
+    sweep.add_argument("--widths", type=int_list(8), default=[32], help="UNet widths (multiples of 8), e.g. 16,32,64")
+    sweep.add_argument("--steps", type=int_list(1), default=[3000], help="training lengths, e.g. 1000,3000")
+    sweep.add_argument("--samples", type=positive_int, default=64,
+                       help="samples for the GL score and memorization ratio")
+    sweep.add_argument("--out", default=str(DEFAULT_OUT / "reproduce"), help="report folder")
+    add_device_argument(sweep, "train and measure")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(run=run_command)

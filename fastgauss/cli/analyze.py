@@ -23,7 +23,7 @@ def _floats(text: str) -> list[float]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``analyze`` command to an argparse subparsers object; returns its parser."""
-    from .cli import _add_device_argument, _add_scale_argument, int_at_least, positive_int
+    from .common import add_device_argument, add_scale_argument, int_at_least, positive_int
 
     parser = subparsers.add_parser(
         "analyze", help="measure your own diffusion model against the Gaussian and memorizing denoisers",
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("model", help="diffusers pipeline or UNet folder, EDM .pkl, or fastgauss checkpoint / run folder")
     parser.add_argument("--dataset", required=True,
                         help="the model's training data: bundled name or a path (image folder, zip, .npy/.npz)")
-    _add_scale_argument(parser)
+    add_scale_argument(parser)
     parser.add_argument("--out", help="report folder; None: fastgauss-out/analyze-MODELNAME")
     parser.add_argument("--sigmas", type=_floats,
                         help="comma-separated noise levels; None: those of 0.05,0.1,0.2,0.5,1,2,5,10 inside the "
@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="allow loading a pickle (EDM snapshots run their embedded code when loaded)")
     parser.add_argument("--cache-dir", help="where the data statistics are cached; None: stats-cache beside "
                                             "the report folder")
-    _add_device_argument(parser, "run the model and the measurements")
+    add_device_argument(parser, "run the model and the measurements")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the noise, pairs and latents")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fastgauss analyze``: runs the analysis, prints the verdict and the report's path."""
-    from .analyze import analyze
+    from ..analyze import analyze
 
     started = time.perf_counter()
     model = Path(args.model)

@@ -10,18 +10,21 @@ latents by both networks, the Gaussian denoiser (closed form) and the memorizing
 
 from __future__ import annotations
 
+import argparse
+import time
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ._core.plots import figure
-from .data import load_dataset
-from .empirical import EmpiricalDenoiser
-from .edm.sampling import edm_sigmas, sample_euler
-from .edm.train import TrainConfig, Trainer
-from .diagnostics.verdict import verdict
+from .._core.plots import figure
+from ..data import load_dataset
+from ..empirical import EmpiricalDenoiser
+from ..edm.sampling import edm_sigmas, sample_euler
+from ..edm.train import TrainConfig, Trainer
+from ..diagnostics.verdict import verdict
+from .common import DEFAULT_OUT, add_device_argument, add_model_arguments, check_size, int_at_least, load_data, positive_int
 
 #: What every number in the report means (printed into summary.md; the README repeats it).
 DEFINITIONS = """\
@@ -160,3 +163,37 @@ def _plot_samples(path: Path, models: dict, data: torch.Tensor, config: DemoConf
         axes[r][0].set_title(label, fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------ the command
+
+def run_command(args: argparse.Namespace) -> int:
+
+    started = time.perf_counter()
+    data = load_data(args)
+    check_size("--small-n", args.small_n, data, args.dataset)
+    config = DemoConfig(dataset=args.dataset, small_n=args.small_n, width=args.width, steps=args.steps,
+                        samples=args.samples, out=str(args.out), device=args.device, scale=args.scale)
+    out = run_demo(config, progress=not args.quiet, data=data)
+    summary = json.loads((out / "summary.json").read_text())
+    for name, m in summary["models"].items():
+        print(f"{name:>12} (N={m['n']}): {m['verdict']['label']} ({m['verdict']['rule']})")
+    print(f"report: {out / 'summary.md'} (the evidence and what each number means; plots distances.png, "
+          f"samples.png; data summary.json)")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def add_parser(commands) -> None:
+    demo = commands.add_parser("demo", help="the paper's finding on a bundled dataset: report folder",
+                               description="Train a memorizing (small subset) and a generalizing (full set) "
+                                           "model and write a report comparing them with the Gaussian and "
+                                           "memorizing denoisers, with each model's verdict and its evidence.")
+    add_model_arguments(demo, steps=3000)
+    demo.add_argument("--small-n", type=int_at_least(2), default=64, help="training-set size of the memorizing model")
+    demo.add_argument("--samples", type=positive_int, default=64,
+                      help="samples for the GL score and memorization ratio")
+    demo.add_argument("--out", default=str(DEFAULT_OUT / "demo"), help="report folder")
+    add_device_argument(demo, "train and measure")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=run_command)

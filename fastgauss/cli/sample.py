@@ -33,13 +33,13 @@ def teleport_level(text: str):
 
 
 def add_parser(commands) -> None:
-    from .cli import _add_device_argument, _add_scale_argument, positive_float, positive_int
+    from .common import add_device_argument, add_scale_argument, positive_float, positive_int
 
     p = commands.add_parser("sample", help="samples from a model, optionally teleported by the data's Gaussian",
                             description=__doc__.split("\n")[0])
     p.add_argument("model", help="a diffusers folder, an EDM .pkl (with --trust-code) or a fastgauss checkpoint")
     p.add_argument("--dataset", required=True, help="the training data: a bundled name, a folder, a zip or an array")
-    _add_scale_argument(p)
+    add_scale_argument(p)
     p.add_argument("--samples", type=positive_int, default=64, help="how many samples")
     p.add_argument("--sampler", choices=("heun", "euler"), default="heun", help="the ODE sampler")
     p.add_argument("--sampling-steps", type=positive_int, default=18, help="steps of the EDM schedule")
@@ -51,23 +51,23 @@ def add_parser(commands) -> None:
     p.add_argument("--cache-dir", default=None, help="where the data's statistics are cached (default: beside --out)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per network call")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents")
-    _add_device_argument(p, "run the model")
+    add_device_argument(p, "run the model")
     p.add_argument("--out", default="fastgauss-out/sample", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import GaussianDenoiser, sample_euler, sample_heun
-    from ._stats_cache import cached_stats
-    from .cli import UsageError, _load, _say
-    from .models import load_denoiser
-    from .edm.sampling import edm_sigmas
-    from .edm.teleport import DEFAULT_TOL
+    from .. import GaussianDenoiser, sample_euler, sample_heun
+    from .._stats_cache import cached_stats
+    from .common import UsageError, load_data, say
+    from ..models import load_denoiser
+    from ..edm.sampling import edm_sigmas
+    from ..edm.teleport import DEFAULT_TOL
 
     started = time.perf_counter()
     out = Path(args.out)
-    data = _load(args)
+    data = load_data(args)
     try:
         model = load_denoiser(args.model, trust_code=args.trust_code, device=args.device)
     except ValueError as exc:
@@ -107,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
                "seconds": round(time.perf_counter() - started, 2)}
     torch.save({"samples": samples, **summary}, out / "samples.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _say(f"sampled {args.samples} from {args.model} with {args.sampler}: {nfe} network evaluations per sample "
+    say(f"sampled {args.samples} from {args.model} with {args.sampler}: {nfe} network evaluations per sample "
          f"({summary['nfe_without_teleport']} without teleportation), switch sigma "
          f"{'none' if jump is None else f'{jump[1]:.4g}'}")
     png = _grid(out / "samples.png", samples)
-    _say(f"wrote {out / 'samples.pt'}, {out / 'summary.json'}" + (f", {png}" if png else ""))
+    say(f"wrote {out / 'samples.pt'}, {out / 'summary.json'}" + (f", {png}" if png else ""))
     return 0
 
 
@@ -129,7 +129,7 @@ def _grid(path: Path, samples: torch.Tensor, columns: int = 8):
     if samples.dim() != 4:
         return None
     try:
-        from ._core.plots import image_grid
+        from .._core.plots import image_grid
 
         shown = samples[:64]
         image_grid(path, {f"samples {i}-{min(i + columns, len(shown)) - 1}": list(shown[i:i + columns])
