@@ -3,7 +3,7 @@
     pytest benchmarks/bench_diagnostics.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds -s
 
 - jvp: K = 16 probes through two networks, a small UNet-like one with attention at 3x16x16
-  and fastgauss's SmallUNet (width 64) at 3x32x32: fastgauss.diagnostics.jvp (forward mode under vmap,
+  and fastgauss's SmallUNet (width 64) at 3x32x32: fastgauss.jvp (forward mode under vmap,
   with its cheaper rules for large tangents) against a Python loop of
   torch.autograd.functional.jvp (the goal: at least 4x the probes per second), the same
   vmap(jvp) with PyTorch's own rules, and torch.compile of it (it fails: reported as xfail).
@@ -61,21 +61,21 @@ NETWORKS = {  # name -> (denoiser factory, input shape, rounds)
 
 
 def _pytorch_rules_jvp(den, x, sigma, v):
-    """fastgauss.diagnostics.jvp's vmap(jvp) with PyTorch's own forward-mode rules throughout."""
+    """fastgauss.jvp's vmap(jvp) with PyTorch's own forward-mode rules throughout."""
     with sdpa_kernel(SDPBackend.MATH):
         return torch.func.vmap(lambda t: torch.func.jvp(lambda a: den(a, sigma), (x,), (t,)), out_dims=(None, 0))(v)[1]
 
 
 @pytest.mark.parametrize("net", list(NETWORKS))
-@pytest.mark.parametrize("method", ["autograd.functional loop", "vmap(jvp), PyTorch's rules", "fastgauss.diagnostics.jvp",
+@pytest.mark.parametrize("method", ["autograd.functional loop", "vmap(jvp), PyTorch's rules", "fastgauss.jvp",
                                     "torch.compile vmap(jvp)"])
 def test_jvp_throughput(benchmark, net, method):
     make, shape, rounds = NETWORKS[net]
     den = make()
     benchmark.group = f"jvp K=16 probes, B=8, {net}"
     x, v = torch.randn(8, *shape), torch.randn(16, 8, *shape)
-    if method == "fastgauss.diagnostics.jvp":
-        fn = lambda: fastgauss.diagnostics.jvp(den, x, 0.5, v)[1]  # noqa: E731
+    if method == "fastgauss.jvp":
+        fn = lambda: fastgauss.jvp(den, x, 0.5, v)[1]  # noqa: E731
     elif method == "vmap(jvp), PyTorch's rules":
         fn = lambda: _pytorch_rules_jvp(den, x, 0.5, v)  # noqa: E731
     elif method == "torch.compile vmap(jvp)":
@@ -88,7 +88,7 @@ def test_jvp_throughput(benchmark, net, method):
         fn = lambda: compiled(den, x, 0.5, v)  # noqa: E731
     else:
         def fn():
-            # double-backward needs the math attention kernel, as forward mode does in fastgauss.diagnostics.jvp
+            # double-backward needs the math attention kernel, as forward mode does in fastgauss.jvp
             with sdpa_kernel(SDPBackend.MATH):
                 return torch.stack([torch.autograd.functional.jvp(lambda t: den(t, 0.5), x, vk)[1] for vk in v])
     out = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)

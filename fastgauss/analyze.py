@@ -6,7 +6,7 @@ Gaussian denoiser D_G of N(mu, Sigma) and the memorizing (empirical) denoiser D_
 level: RMSE to each, linearity, and the alignment of the Jacobian's top singular vectors with
 the data's top eigenvectors. From fixed latents: samples of the model, of D_G (closed form) and
 of D_M, their flow distances, the memorization ratio and GL score (beside the GL score of fresh
-N(mu, Sigma) samples), and the verdict of ``fastgauss.diagnostics.verdict``. The report folder holds
+N(mu, Sigma) samples), and the verdict of ``fastgauss.verdict``. The report folder holds
 summary.json, summary.md and PNGs; every part is timed, with the time spent inside the network
 kept apart from fastgauss's own.
 """
@@ -49,7 +49,7 @@ SAMPLE_SETS = ("model", "gaussian", "memorizing", "gaussian_euler", "fresh_gauss
 @dataclass
 class Analysis:
     """What ``analyze`` found: ``summary`` (the dict written to summary.json), ``verdict`` (the
-    Verdict ``fastgauss.diagnostics.verdict`` returned: ``.label``, the evidence, ``to_dict()``),
+    Verdict ``fastgauss.verdict`` returned: ``.label``, the evidence, ``to_dict()``),
     ``out`` (the report folder or None) and ``samples`` (end points [B, *feature_shape] from the
     same latents: "model", "gaussian" (exact flow), "memorizing", "gaussian_euler" (D_G through the
     model's sampler) and "fresh_gaussian" (mu + U sqrt(lambda) U^T z))."""
@@ -409,7 +409,7 @@ def _measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eva
 
 
 def _verdict(summary: dict):
-    """fastgauss.diagnostics.verdict on the evidence (the one function demo and reproduce use too)."""
+    """fastgauss.verdict on the evidence (the one function demo and reproduce use too)."""
     from .diagnostics.verdict import verdict
 
     t, s = summary["per_sigma"], summary["samples"]

@@ -103,9 +103,9 @@ def test_reproduce_sweeps_and_reports_regimes(tmp_path, capsys):
     rows = json.loads((out / "sweep.json").read_text())
     assert [r["n"] for r in rows] == [16, 1797]
     assert all(r["regime"] in ("memorizes", "undertrained", "generalizes") for r in rows)
-    for r in rows:  # the verdict is fastgauss.diagnostics.verdict of the evidence printed beside it
+    for r in rows:  # the verdict is fastgauss.verdict of the evidence printed beside it
         rec = r["record"]
-        again = fastgauss.diagnostics.verdict(memorization_ratio=rec["memorization_ratio"], gl_score=rec["gl_score"],
+        again = fastgauss.verdict(memorization_ratio=rec["memorization_ratio"], gl_score=rec["gl_score"],
                                   gl_score_gaussian=rec["gl_score_gaussian"],
                                   rmse_to_empirical=dict(zip(rec["sigma"], rec["rmse_empirical"])),
                                   rmse_to_gaussian=dict(zip(rec["sigma"], rec["rmse_gaussian"])))

@@ -46,7 +46,7 @@ def test_jvp_matches_finite_differences_and_the_autograd_jacobian(kind, k, chunk
         denoiser, x = net, torch.randn(2, 1, 4, 4, dtype=torch.float64)
     sigma = 0.7
     v = torch.randn(((k,) if k else ()) + tuple(x.shape), dtype=torch.float64)
-    d, jv = fastgauss.diagnostics.jvp(denoiser, x, sigma, v, chunk=chunk)
+    d, jv = fastgauss.jvp(denoiser, x, sigma, v, chunk=chunk)
     assert torch.allclose(d, denoiser(x, sigma))
     vk = v if k else v[None]
     jac = torch.autograd.functional.jacobian(lambda t: denoiser(t, sigma), x)  # [*x, *x]
@@ -59,7 +59,7 @@ def test_jvp_matches_finite_differences_and_the_autograd_jacobian(kind, k, chunk
 
 
 def test_jvp_uses_the_analytic_paths(monkeypatch):
-    """fastgauss.diagnostics.jvp hands the Gaussian and empirical denoisers to their own .jvp: proved by
+    """fastgauss.jvp hands the Gaussian and empirical denoisers to their own .jvp: proved by
     counting those calls and by making the generic forward-mode path (torch.func.jvp) fail."""
     g = torch.Generator().manual_seed(1)
     den = fastgauss.GaussianDenoiser(torch.zeros(5), torch.tensor([2.0, 1.0]), torch.eye(5)[:, :2], dtype=torch.float64)
@@ -74,14 +74,14 @@ def test_jvp_uses_the_analytic_paths(monkeypatch):
         raise AssertionError("the generic forward-mode path ran")
 
     monkeypatch.setattr(torch.func, "jvp", generic)
-    _, jv = fastgauss.diagnostics.jvp(den, x, 0.5, v)
+    _, jv = fastgauss.jvp(den, x, 0.5, v)
     assert rel_err(jv, v @ ref.gaussian_jacobian(0.5, den.eigvals, den.eigvecs)) < 1e-12
-    _, jv = fastgauss.diagnostics.jvp(emp, x, 0.5, v)
+    _, jv = fastgauss.jvp(emp, x, 0.5, v)
     expected = torch.stack([v[:, b] @ ref.empirical_jacobian(x[b], 0.5, data) for b in range(3)], 1)
     assert rel_err(jv, expected) < 1e-6
     assert analytic == [fastgauss.GaussianDenoiser, fastgauss.EmpiricalDenoiser]
     with pytest.raises(AssertionError, match="generic"):  # and a plain function does take the generic path
-        fastgauss.diagnostics.jvp(lambda t, s: 2 * t, x, 0.5, v)
+        fastgauss.jvp(lambda t, s: 2 * t, x, 0.5, v)
 
 
 def test_linearity_of_linear_gaussian_and_nonlinear_denoisers():
@@ -193,7 +193,7 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="non-finite values at sigma=2"):
         fastgauss.denoiser_rmse(ident, lambda x, s: x / 0, data, [2.0], n=4)
     with pytest.raises(ValueError, match="v: expected shape"):
-        fastgauss.diagnostics.jvp(ident, torch.randn(2, 3), 0.1, torch.randn(2, 4))
+        fastgauss.jvp(ident, torch.randn(2, 3), 0.1, torch.randn(2, 4))
     with pytest.raises(ValueError, match="k: expected"):
         fastgauss.jacobian_spectrum(ident, torch.randn(3), 0.1, k=4)
     assert math.isfinite(fastgauss.linearity_score(ident, data, [0.5], n_pairs=2).value.item())

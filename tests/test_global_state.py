@@ -124,7 +124,7 @@ def test_diagnostics_read_flags_from_inside(watch):
     fastgauss.linearity_score(net, data, sigmas, n_pairs=8, generator=_gen())
     fastgauss.denoiser_rmse(net, g, data, sigmas, n=16, generator=_gen())
     fastgauss.distill_linear(net, data, sigmas, generator=_gen())
-    fastgauss.diagnostics.jvp(net, data[:2], 0.5, torch.randn(3, 2, 16, generator=_gen()))
+    fastgauss.jvp(net, data[:2], 0.5, torch.randn(3, 2, 16, generator=_gen()))
     fastgauss.jacobian_spectrum(net, data[0], 0.5, k=2, generator=_gen())
     fastgauss.sample_euler(net, torch.randn(2, 16, generator=_gen()), fastgauss.edm_sigmas(4))
     assert watch.seen_inside  # the callback ran inside the calls
@@ -142,7 +142,7 @@ def test_training_and_reports(watch, tmp_path):
                          eval_samples=4, out=str(tmp_path / "run"))
     trainer = Trainer(config, digits)  # used to call torch.manual_seed
     record = trainer.run(progress=False)[-1]
-    v = fastgauss.diagnostics.verdict(memorization_ratio=record["memorization_ratio"], gl_score=record["gl_score"],
+    v = fastgauss.verdict(memorization_ratio=record["memorization_ratio"], gl_score=record["gl_score"],
                           gl_score_gaussian=record["gl_score_gaussian"])
     plot_training_curve(tmp_path / "curve.png", [record])
     model = {"n": 16, "sigma": record["sigma"], "rmse_gaussian": record["rmse_gaussian"],

@@ -271,7 +271,7 @@ def test_jvp_through_adapter_matches_finite_differences(unet):
     x = torch.randn(2, 1, 8, 8, generator=_gen(10), dtype=torch.float64)
     v = torch.randn(3, 2, 1, 8, 8, generator=_gen(11), dtype=torch.float64)
     sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
-    d, jv = fastgauss.diagnostics.jvp(den, x, sigma, v)
+    d, jv = fastgauss.jvp(den, x, sigma, v)
     h = 1e-6
     for k in range(3):
         fd = (den(x + h * v[k], sigma) - den(x - h * v[k], sigma)) / (2 * h)

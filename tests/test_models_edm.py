@@ -78,7 +78,7 @@ def test_fastgauss_edm_denoiser_and_jvp():
     sigma = torch.tensor([0.05, 3.0], dtype=torch.float64)
     assert torch.equal(den(x, sigma), net(x, sigma))
     v = torch.randn(2, 2, 1, 7, 7, generator=_gen(3), dtype=torch.float64)
-    _, jv = fastgauss.diagnostics.jvp(den, x, sigma, v)
+    _, jv = fastgauss.jvp(den, x, sigma, v)
     h = 1e-6
     fd = (den(x + h * v[0], sigma) - den(x - h * v[0], sigma)) / (2 * h)
     assert torch.allclose(jv[0], fd, rtol=1e-5, atol=1e-8)

@@ -96,7 +96,7 @@ def test_jvp_and_bad_input():
     den = fastgauss.from_score(model, kind="vp", output="eps")
     x = torch.randn(3, D, generator=_gen(5), dtype=torch.float64)
     v = torch.randn(2, 3, D, generator=_gen(6), dtype=torch.float64)
-    _, jv = fastgauss.diagnostics.jvp(den, x, 0.7, v)
+    _, jv = fastgauss.jvp(den, x, 0.7, v)
     h = 1e-6
     fd = (den(x + h * v[1], 0.7) - den(x - h * v[1], 0.7)) / (2 * h)
     assert torch.allclose(jv[1], fd, rtol=1e-6, atol=1e-8)

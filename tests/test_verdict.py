@@ -1,4 +1,4 @@
-"""fastgauss.diagnostics.verdict: the three-way regime read off printed evidence (DESIGN.md section 1, "Verdict")."""
+"""fastgauss.verdict: the three-way regime read off printed evidence (DESIGN.md section 1, "Verdict")."""
 
 import json
 import math
@@ -20,12 +20,12 @@ GENERALIZING = dict(memorization_ratio=0.0, gl_score=0.38, gl_score_gaussian=0.5
 
 
 def test_exported():
-    assert not isinstance(fastgauss.diagnostics.verdict, types.ModuleType)  # the function, not the module
-    assert callable(fastgauss.diagnostics.verdict) and fastgauss.Verdict is Verdict
+    assert not isinstance(fastgauss.verdict, types.ModuleType)  # the function, not the module
+    assert callable(fastgauss.verdict) and fastgauss.Verdict is Verdict
 
 
 def test_demo_models():
-    mem, gen = fastgauss.diagnostics.verdict(**MEMORIZING), fastgauss.diagnostics.verdict(**GENERALIZING)
+    mem, gen = fastgauss.verdict(**MEMORIZING), fastgauss.verdict(**GENERALIZING)
     assert mem.label == "memorizes" and "memorization ratio" in mem.rule
     assert gen.label == "generalizes"
     assert mem.rmse_ratio == pytest.approx((0.023 + 0.034 + 0.075 + 0.152) / (0.064 + 0.119 + 0.222 + 0.252))
@@ -35,37 +35,37 @@ def test_demo_models():
 
 
 def test_distance_rule_alone_fires():
-    v = fastgauss.diagnostics.verdict(**{**MEMORIZING, "memorization_ratio": 0.0})
+    v = fastgauss.verdict(**{**MEMORIZING, "memorization_ratio": 0.0})
     assert v.label == "memorizes" and "RMSE ratio" in v.rule
 
 
 def test_undertrained():
     # a 100-step model: far from both references, samples farther from the data than the Gaussian's
-    v = fastgauss.diagnostics.verdict(memorization_ratio=0.0, gl_score=0.71, gl_score_gaussian=0.53,
+    v = fastgauss.verdict(memorization_ratio=0.0, gl_score=0.71, gl_score_gaussian=0.53,
                           rmse_to_empirical={0.5: 0.57, 1.0: 0.58}, rmse_to_gaussian={0.5: 0.56, 1.0: 0.59})
     assert v.label == "undertrained" and "0.710 > 0.530" in v.rule
 
 
 def test_rule_order_and_boundaries():
-    assert fastgauss.diagnostics.verdict(memorization_ratio=MEMORIZATION_RATIO).label == "memorizes"
-    assert fastgauss.diagnostics.verdict(memorization_ratio=math.nextafter(MEMORIZATION_RATIO, 0)).label == "generalizes"
+    assert fastgauss.verdict(memorization_ratio=MEMORIZATION_RATIO).label == "memorizes"
+    assert fastgauss.verdict(memorization_ratio=math.nextafter(MEMORIZATION_RATIO, 0)).label == "generalizes"
     # memorizing beats undertrained: a copying model whose other samples are noise
-    assert fastgauss.diagnostics.verdict(memorization_ratio=0.5, gl_score=0.9, gl_score_gaussian=0.5).label == "memorizes"
-    assert fastgauss.diagnostics.verdict(gl_score=0.5, gl_score_gaussian=0.5).label == "generalizes"  # equal: not farther
+    assert fastgauss.verdict(memorization_ratio=0.5, gl_score=0.9, gl_score_gaussian=0.5).label == "memorizes"
+    assert fastgauss.verdict(gl_score=0.5, gl_score_gaussian=0.5).label == "generalizes"  # equal: not farther
     # levels above sigma_max do not count
-    v = fastgauss.diagnostics.verdict(rmse_to_empirical={2.0: 0.01, 1.0: 0.2}, rmse_to_gaussian={2.0: 1.0, 1.0: 0.2})
+    v = fastgauss.verdict(rmse_to_empirical={2.0: 0.01, 1.0: 0.2}, rmse_to_gaussian={2.0: 1.0, 1.0: 0.2})
     assert v.label == "generalizes" and v.sigmas_low == (1.0,) and v.rmse_ratio == 1.0
 
 
 def test_missing_evidence_is_stated():
-    v = fastgauss.diagnostics.verdict(memorization_ratio=float("nan"), gl_score=0.3, gl_score_gaussian=0.5)
+    v = fastgauss.verdict(memorization_ratio=float("nan"), gl_score=0.3, gl_score_gaussian=0.5)
     assert v.label == "generalizes" and v.memorization_ratio is None
     assert "not measured: memorization ratio, RMSE" in v.rule
     assert "not measured" in str(v)
 
 
 def test_report_prints_evidence():
-    v = fastgauss.diagnostics.verdict(**MEMORIZING)
+    v = fastgauss.verdict(**MEMORIZING)
     text = str(v)
     assert text.startswith("memorizes: ")
     for needle in ("0.280", "0.210", "0.580", "0.43", f"{RMSE_RATIO_MARGIN:g}", "N(mu, Sigma)"):
@@ -90,16 +90,16 @@ def test_report_prints_evidence():
 ])
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        fastgauss.diagnostics.verdict(**kwargs)
+        fastgauss.verdict(**kwargs)
 
 
 def test_types():
     with pytest.raises(TypeError, match="rmse_to_gaussian"):
-        fastgauss.diagnostics.verdict(rmse_to_empirical={0.5: 0.1}, rmse_to_gaussian=[0.1])
+        fastgauss.verdict(rmse_to_empirical={0.5: 0.1}, rmse_to_gaussian=[0.1])
     with pytest.raises(TypeError, match="memorization_ratio"):
-        fastgauss.diagnostics.verdict(memorization_ratio="0.2")
+        fastgauss.verdict(memorization_ratio="0.2")
     with pytest.raises(TypeError):
-        fastgauss.diagnostics.verdict(0.2)  # keyword-only
+        fastgauss.verdict(0.2)  # keyword-only
 
 
 def test_docstring_example():

@@ -4,7 +4,7 @@ Two small EDM models: one on a small subset (it memorizes), one on the full set 
 generalizes). For each, per noise level, the RMSE to the Gaussian denoiser and to the
 memorizing denoiser of its own training set and its linearity; the GL score and memorization
 ratio of its samples, with the GL score of fresh N(mu, Sigma) samples beside it; the verdict
-(:func:`fastgauss.diagnostics.verdict`) read off that evidence; and a picture grid of samples from the same
+(:func:`fastgauss.verdict`) read off that evidence; and a picture grid of samples from the same
 latents by both networks, the Gaussian denoiser (closed form) and the memorizing denoiser.
 """
 
@@ -40,7 +40,7 @@ DEFINITIONS = """\
 - **RMSE ratio**: mean RMSE to memorizing / mean RMSE to Gaussian at sigma <= 1; below 1 the network is closer to D_M.
 - **verdict**: memorizes if memorization ratio >= 0.1 or RMSE ratio <= the calibrated margin; undertrained if its
   GL score is above that of fresh N(mu, Sigma) samples (its samples lie farther from the data than the
-  Gaussian's); generalizes otherwise (fastgauss.diagnostics.verdict).
+  Gaussian's); generalizes otherwise (fastgauss.verdict).
 """
 
 
@@ -60,7 +60,7 @@ class DemoConfig:
 
 
 def model_verdict(record: dict):
-    """fastgauss.diagnostics.verdict of one measurement record (Trainer.measure's dict)."""
+    """fastgauss.verdict of one measurement record (Trainer.measure's dict)."""
     return verdict(memorization_ratio=record["memorization_ratio"], gl_score=record["gl_score"],
                    gl_score_gaussian=record.get("gl_score_gaussian"),
                    rmse_to_empirical=dict(zip(record["sigma"], record["rmse_empirical"])),

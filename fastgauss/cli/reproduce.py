@@ -1,7 +1,7 @@
 """``fastgauss reproduce``: the paper's sweeps (training-set size, width, training length).
 
 Every configuration is trained and measured as in the demo, and each model's regime is the
-three-way :func:`fastgauss.diagnostics.verdict` (memorizes / undertrained / generalizes) of its evidence:
+three-way :func:`fastgauss.verdict` (memorizes / undertrained / generalizes) of its evidence:
 memorization ratio of its samples, RMSE to the memorizing vs the Gaussian denoiser at sigma <= 1,
 and GL score beside the GL score of fresh N(mu, Sigma) samples. The report also lists, per
 model, the mean RMSE to the Gaussian and to the memorizing denoiser over sigma in [0.5, 5].
@@ -71,7 +71,7 @@ def _markdown(dataset: str, rows: list[dict]) -> str:
     def num(v, fmt):
         return "n/a" if v is None else format(v, fmt)
 
-    lines = ["# fastgauss reproduce", "", f"dataset {dataset}. Verdict by fastgauss.diagnostics.verdict from the columns beside it; "
+    lines = ["# fastgauss reproduce", "", f"dataset {dataset}. Verdict by fastgauss.verdict from the columns beside it; "
              f"the last two columns average the RMSE over sigma in [{MID_SIGMA[0]}, {MID_SIGMA[1]}].", "",
              "| N | width | steps | verdict | memorization ratio | RMSE ratio (sigma <= 1) | GL score | "
              "GL score, N(mu, Sigma) samples | RMSE to Gaussian | RMSE to memorizing |",

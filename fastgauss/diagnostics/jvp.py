@@ -45,7 +45,7 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     Example:
         >>> import torch, fastgauss
         >>> A, v = torch.randn(6, 6), torch.randn(3, 2, 6)
-        >>> d, jv = fastgauss.diagnostics.jvp(lambda x, s: x @ A.T, torch.randn(2, 6), 0.5, v)
+        >>> d, jv = fastgauss.jvp(lambda x, s: x @ A.T, torch.randn(2, 6), 0.5, v)
         >>> torch.allclose(jv, v @ A.T, atol=1e-5)  # a linear map's J v is A v
         True
     """

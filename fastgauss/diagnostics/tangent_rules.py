@@ -1,4 +1,4 @@
-"""Cheaper forward-mode rules for the layers of a diffusion network, active inside fastgauss.diagnostics.jvp.
+"""Cheaper forward-mode rules for the layers of a diffusion network, active inside fastgauss.jvp.
 
 PyTorch's forward-mode formulas for ``native_group_norm`` / ``native_layer_norm`` also
 propagate tangents to the saved mean and rstd and materialize the bias's zero tangent, and

@@ -150,13 +150,13 @@ def verdict(*, memorization_ratio=None, gl_score=None, gl_score_gaussian=None, r
 
     Example:
         >>> import fastgauss
-        >>> v = fastgauss.diagnostics.verdict(memorization_ratio=0.0, gl_score=0.38, gl_score_gaussian=0.53,
+        >>> v = fastgauss.verdict(memorization_ratio=0.0, gl_score=0.38, gl_score_gaussian=0.53,
         ...                       rmse_to_empirical={0.5: 0.18, 1.0: 0.18}, rmse_to_gaussian={0.5: 0.17, 1.0: 0.19})
         >>> v.label
         'generalizes'
-        >>> fastgauss.diagnostics.verdict(memorization_ratio=0.28).label
+        >>> fastgauss.verdict(memorization_ratio=0.28).label
         'memorizes'
-        >>> fastgauss.diagnostics.verdict(memorization_ratio=0.0, gl_score=0.7, gl_score_gaussian=0.55).label
+        >>> fastgauss.verdict(memorization_ratio=0.0, gl_score=0.7, gl_score_gaussian=0.55).label
         'undertrained'
     """
     threshold = _optional_number(memorization_threshold, "memorization_threshold", high=1.0)

@@ -237,7 +237,7 @@ def gaussian_samples(gaussian: GaussianDenoiser, count: int, *, generator: torch
     """``count`` fresh samples of N(mu, Sigma) with the Gaussian denoiser's mean and covariance:
     mu + U diag(sqrt(lambda)) z (+ sqrt(lam_rest) times the part of z outside span(U)), z ~ N(0, I)
     drawn in float64 on the CPU from ``generator``. Returns [count, *feature_shape] in the mean's
-    dtype and device. These are the reference of the GL score (fastgauss.diagnostics.verdict)."""
+    dtype and device. These are the reference of the GL score (fastgauss.verdict)."""
     u, lam = gaussian.eigvecs.double().cpu(), gaussian.eigvals.double().cpu()
     d, rest = u.shape[0], float(gaussian.lam_rest)
     z = torch.randn(count, d, generator=generator, dtype=torch.float64)
