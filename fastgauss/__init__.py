@@ -27,7 +27,7 @@ from .neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .edm.sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .diagnostics.verdict import Verdict, verdict
-from .analyze import Analysis, analyze
+from .analysis import Analysis, analyze
 
 __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
            "EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",

@@ -12,7 +12,8 @@ from torch import nn
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss.analyze import _generator, jacobian_iterations, sigma_grid
+from fastgauss.analysis.measure import jacobian_iterations, stream_generator
+from fastgauss.analysis.run import sigma_grid
 from fastgauss.cli import main
 from fastgauss.data import load_dataset
 
@@ -24,7 +25,7 @@ def digits():
 
 def _reference_rmse_to_empirical(model, data, sigma, n, seed=0):
     """The RMSE of ``model`` to D_M at one level, from reference.py, on the inputs analyze draws."""
-    g = _generator(seed, 0)
+    g = stream_generator(seed, 0)
     y = data[torch.randperm(data.shape[0], generator=g)[:n]]
     x = y + sigma * torch.randn(y.shape, generator=g)
     flat = x.reshape(n, -1)
@@ -230,7 +231,7 @@ def test_cli_class_conditional_diffusers_model_needs_labels(tmp_path, capsys):
                                                                                 "generalizes")
 
 
-@pytest.mark.parametrize("name", ["fastgauss.analyze", "fastgauss._stats_cache"])
+@pytest.mark.parametrize("name", ["fastgauss.analysis.run", "fastgauss.analysis.stats_cache"])
 def test_docstring_examples(name):
     import importlib
     import sys

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastgauss import reference as ref
-from fastgauss._stats_cache import FORMAT, cached_stats
+from fastgauss.analysis.stats_cache import FORMAT, cached_stats
 from helpers import rel_err
 
 

@@ -59,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``fastgauss analyze``: runs the analysis, prints the verdict and the report's path."""
-    from ..analyze import analyze
+    from ..analysis import analyze
 
     started = time.perf_counter()
     model = Path(args.model)

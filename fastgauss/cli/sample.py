@@ -3,7 +3,7 @@
     fastgauss sample MODEL --dataset DATA [--samples 64] [--sampler heun|euler] [--sampling-steps 18]
                      [--teleport auto|none|SIGMA] [--tol T] [--seed 0] [--device ...] [--out DIR]
 
-The Gaussian comes from DATA's statistics (cached beside the output, see ``_stats_cache``).
+The Gaussian comes from DATA's statistics (cached beside the output, see ``fastgauss.analysis.stats_cache``).
 Writes DIR/samples.pt ({"samples": [S, *feature_shape], "nfe", "switch_sigma", ...}),
 DIR/samples.png (a grid) and DIR/summary.json.
 """
@@ -59,7 +59,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import GaussianDenoiser, sample_euler, sample_heun
-    from .._stats_cache import cached_stats
+    from ..analysis.stats_cache import cached_stats
     from .common import UsageError, load_data, say
     from ..models import load_denoiser
     from ..edm.sampling import edm_sigmas

@@ -10,7 +10,7 @@ a stale or foreign cache is never trusted.
 
 Example:
     >>> import tempfile, torch
-    >>> from fastgauss._stats_cache import cached_stats
+    >>> from fastgauss.analysis.stats_cache import cached_stats
     >>> data = torch.randn(50, 1, 3, 3)
     >>> folder = tempfile.mkdtemp()
     >>> cached_stats(data, cache_dir=folder, progress=False).status
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .moments import PRECISIONS, Moments
+from ..moments import PRECISIONS, Moments
 
 FORMAT = "fastgauss-stats-cache"
 VERSION = 1
