@@ -12,6 +12,7 @@ Public API (see README.md for a tour):
     verdict, Verdict   the three-way verdict (memorizes / undertrained / generalizes) with its evidence
     from_diffusers, from_edm, from_score, load_denoiser   pretrained models (diffusers, EDM, score SDE) as denoisers
     analyze, Analysis  your own model against the Gaussian and memorizing denoisers of its data: report + verdict
+    TrainConfig, Trainer   the reference EDM training loop (fastgauss.edm.train)
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
@@ -28,10 +29,11 @@ from .edm.sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .diagnostics.verdict import Verdict, verdict
 from .analysis import Analysis, analyze
+from .edm.train import TrainConfig, Trainer
 
 __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
            "EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
            "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
            "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment",
-           "Verdict", "verdict", "Analysis", "analyze"]
+           "Verdict", "verdict", "Analysis", "analyze", "TrainConfig", "Trainer"]
 __version__ = "0.1.0"

@@ -168,11 +168,12 @@ def test_jacobian_spectrum_of_a_gaussian_denoiser():
     lam = torch.logspace(1, -3, d, dtype=torch.float64)
     den = fastgauss.GaussianDenoiser(torch.zeros(d), lam, u, dtype=torch.float64)
     x = torch.randn(1, d, generator=g, dtype=torch.float64)
-    s, left, right = fastgauss.jacobian_spectrum(den, x, 0.5, k=5, generator=g)
+    left, s, right_h = fastgauss.jacobian_spectrum(den, x, 0.5, k=5, generator=g)
+    assert left.shape == (d, 5) and s.shape == (5,) and right_h.shape == (5, d)  # as torch.linalg.svd
     w = lam / (lam + 0.25)
     assert torch.allclose(s, w[:5], rtol=1e-6)
     assert fastgauss.subspace_alignment(left, u[:, :5]).min() > 0.999
-    assert fastgauss.subspace_alignment(right, u[:, :5]).min() > 0.999
+    assert fastgauss.subspace_alignment(right_h.T, u[:, :5]).min() > 0.999
     assert fastgauss.subspace_alignment(u[:, :3], u[:, :5]).min() > 0.999999  # nested subspaces
     assert fastgauss.subspace_alignment(u[:, :2], u[:, 2:4]).max() < 1e-10  # orthogonal ones
 

@@ -456,7 +456,7 @@ def test_jacobian_spectrum_runs_through_the_empirical_denoiser():
     g = torch.Generator().manual_seed(7)
     data = torch.randn(40, 1, 4, 4, generator=g, dtype=torch.float64)
     x = (data[0] + data[1]) / 2
-    s, u, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, 1.5, k=3, iters=12,
+    u, s, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, 1.5, k=3, iters=12,
                                           generator=torch.Generator().manual_seed(0))
     jac = ref.empirical_jacobian(x.reshape(1, -1), 1.5, data.reshape(40, -1)).reshape(16, 16)
     expected = torch.linalg.svdvals(jac)[:3]
@@ -469,7 +469,7 @@ def test_jacobian_spectrum_through_the_exact_small_sigma_path():
     data = torch.randn(40, 1, 4, 4, generator=g)
     x = (data[0] + data[1]) / 2
     sigma = 0.3
-    s, _, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, sigma, k=2, iters=20,
+    _, s, _ = fastgauss.jacobian_spectrum(fastgauss.EmpiricalDenoiser(data), x, sigma, k=2, iters=20,
                                           generator=torch.Generator().manual_seed(0))
     jac = ref.empirical_jacobian(x.reshape(1, -1).double(), sigma, data.reshape(40, -1).double()).reshape(16, 16)
     expected = torch.linalg.svdvals(jac)[:2]

@@ -123,7 +123,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
                 cosines = []
                 for j, i in enumerate(picks.tolist()):
                     x = data[i] + sigma * eps[j]  # one input [*feature_shape], as jacobian_spectrum takes it
-                    _, left, _ = jacobian_spectrum(timed, x, sigma, k, oversample=_OVERSAMPLE, iters=iters,
+                    left, _, _ = jacobian_spectrum(timed, x, sigma, k, oversample=_OVERSAMPLE, iters=iters,
                                                    generator=stream_generator(seed, 4 + j))
                     cosines.append(float(subspace_alignment(left.detach(), top).mean()))
                     bar.update(1)

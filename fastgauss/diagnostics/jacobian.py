@@ -22,16 +22,16 @@ def jacobian_spectrum(denoiser, x, sigma, k: int, *, oversample: int = 10, iters
     denoiser is called on x[None]. A batch of one [1, *feature_shape] is accepted too when the
     denoiser declares its ``feature_shape`` (as the library's denoisers do). Only J v (forward
     mode) and J^T u (reverse mode) are evaluated, k + oversample of them at a time: no d x d
-    matrix for a network. Returns (S [k] descending, U [d, k] left and V [d, k] right singular
-    vectors), float64.
+    matrix for a network. Returns (U [d, k], S [k] descending, Vh [k, d]) in the order and
+    shapes of ``torch.linalg.svd``: J ~ U diag(S) Vh, float64.
 
     Example:
         >>> import torch, fastgauss
         >>> data = torch.randn(300, 1, 4, 4)
         >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
-        >>> s, u, v = fastgauss.jacobian_spectrum(g, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
-        >>> tuple(s.shape), tuple(u.shape)
-        ((2,), (16, 2))
+        >>> u, s, vh = fastgauss.jacobian_spectrum(g, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
+        >>> tuple(u.shape), tuple(s.shape), tuple(vh.shape)
+        ((16, 2), (2,), (2, 16))
     """
     x = as_float(as_tensor(x, "x"))
     declared = getattr(denoiser, "feature_shape", None)
@@ -82,7 +82,7 @@ def _randomized_svd(f, flat, d, k, width, iters, generator):
         q = _orthonormal(jvp_many(q.T).T.double())
     small = vjp_many(q.T).double()  # [width, d] = Q^T J
     u_small, s, vh = torch.linalg.svd(small, full_matrices=False)
-    return s[:k], (q @ u_small)[:, :k], vh[:k].T
+    return (q @ u_small)[:, :k], s[:k], vh[:k]
 
 
 def subspace_alignment(a, b) -> torch.Tensor:
