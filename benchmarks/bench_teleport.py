@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import fastgauss
-from fastgauss import teleport
+from fastgauss.edm import teleport
 from fastgauss.data import load_dataset
 from fastgauss.edm.train import TrainConfig, Trainer
 

@@ -91,7 +91,7 @@ def test_bad_input():
 def test_in_place_changes_of_the_data_are_seen(backend, monkeypatch):
     """The centred norms are cached on the data tensor's identity and version: a second call
     reuses them, an in-place change recomputes them, and NaN written later is an error."""
-    from fastgauss import _rows
+    from fastgauss._core import rows as _rows
 
     g = torch.Generator().manual_seed(3)
     data = torch.rand(140, 20, generator=g) * 2 - 1

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fastgauss
-from fastgauss import _tangent_rules as rules
+from fastgauss.diagnostics import tangent_rules as rules
 from fastgauss.diagnostics.tangent_rules import cheaper_tangents
 from helpers import rel_err
 

@@ -7,7 +7,7 @@ import torch
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss import teleport
+from fastgauss.edm import teleport
 from helpers import rel_err
 
 
