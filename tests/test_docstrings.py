@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
            "fastgauss.neighbors", "fastgauss.diagnostics.jvp", "fastgauss.data", "fastgauss.data.load",
-           "fastgauss.edm.teleport"]
+           "fastgauss.edm.teleport", "fastgauss.diagnostics.linearity", "fastgauss.diagnostics.distill",
+           "fastgauss.diagnostics.jacobian"]
 
 
 @pytest.mark.parametrize("name", MODULES)
