@@ -16,15 +16,15 @@ Public API (see README.md for a tour):
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
-from .empirical import EmpiricalDenoiser, empirical_denoise
-from .gaussian_denoiser import GaussianDenoiser
-from .gaussian_op import gaussian_denoise
+from .ops.empirical import EmpiricalDenoiser, empirical_denoise
+from .ops.gaussian import GaussianDenoiser
+from .ops.gaussian import gaussian_denoise
 from .diagnostics.distill import distill_linear
 from .diagnostics.jacobian import jacobian_spectrum, subspace_alignment
 from .diagnostics.jvp import jvp
 from .diagnostics.linearity import denoiser_rmse, linearity_score
-from .moments import Moments
-from .neighbors import gl_score, memorization_ratio, nearest_neighbors
+from .ops.moments import Moments
+from .ops.neighbors import gl_score, memorization_ratio, nearest_neighbors
 from .edm.sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .diagnostics.verdict import Verdict, verdict

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss import empirical
-from fastgauss.empirical import EXACT, TrainingSet, choose_precision
+from fastgauss.ops.empirical import op as empirical
+from fastgauss.ops.empirical.op import EXACT, TrainingSet, choose_precision
 from helpers import rel_err
 
 ODD = [1, 7, 63, 129]
@@ -66,7 +66,7 @@ def test_chunked_and_host_streamed_equal_one_pass(backend):
 
 
 def test_partials_over_disjoint_shards_merge_exactly():
-    from fastgauss._empirical_torch import chunk_logits, chunk_partial, finish
+    from fastgauss.ops.empirical._torch import chunk_logits, chunk_partial, finish
 
     g = torch.Generator().manual_seed(3)
     data = torch.randn(200, 9, generator=g, dtype=torch.float64)
@@ -446,7 +446,7 @@ def test_cuda_pytorch_products_do_not_follow_the_tf32_flag():
     assert empirical._products_dtype(cuda32, kernel=False) == torch.float64
     assert empirical._products_dtype(SimpleNamespace(dtype=torch.float32, device=torch.device("cpu")),
                                      kernel=False) == torch.float32
-    import fastgauss._empirical_torch as et
+    import fastgauss.ops.empirical._torch as et
     for module in (empirical, et):
         assert "torch.backends" not in inspect.getsource(module)
 

@@ -8,11 +8,11 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..empirical import EmpiricalDenoiser
-from ..gaussian_denoiser import GaussianDenoiser
+from ..ops.empirical.op import EmpiricalDenoiser
+from ..ops.gaussian.module import GaussianDenoiser
 from ..diagnostics.jacobian import jacobian_spectrum, subspace_alignment
 from ..diagnostics.linearity import denoiser_rmse, linearity_score
-from ..neighbors import gl_score, memorization_ratio, nearest_neighbors
+from ..ops.neighbors.op import gl_score, memorization_ratio, nearest_neighbors
 from ..edm.sampling import edm_sigmas, sample_euler
 from .stats_cache import cached_stats
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .._core.plots import image_grid
-from ..neighbors import gl_score, memorization_ratio
+from ..ops.neighbors.op import gl_score, memorization_ratio
 from .measure import MEASUREMENT_PARTS
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..moments import PRECISIONS, Moments
+from ..ops.moments.op import PRECISIONS, Moments
 
 FORMAT = "fastgauss-stats-cache"
 VERSION = 1

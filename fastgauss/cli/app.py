@@ -16,7 +16,12 @@ import argparse
 import sys
 
 from .. import __version__
-from . import analyze, demo, reproduce, sample, stats, train
+from . import analyze
+from . import demo
+from . import reproduce
+from . import sample
+from . import stats
+from . import train
 from .common import Parser, UsageError
 
 #: The subcommands in the order ``fastgauss --help`` lists them.

@@ -10,7 +10,7 @@ import torch
 
 from ..data import dataset_names
 from ..diagnostics.spectrum import components_for_variance, plot_spectrum
-from ..moments import PRECISIONS, Moments
+from ..ops.moments.op import PRECISIONS, Moments
 from .common import DEFAULT_OUT, UsageError, add_device_argument, add_scale_argument, load_data, positive_int
 
 def run(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from .._core.arrays import flatten_batch
-from ..gaussian_denoiser import GaussianDenoiser
+from ..ops.gaussian.module import GaussianDenoiser
 from .linearity import _apply, _rows, check_sigmas
-from ..moments import Moments
+from ..ops.moments.op import Moments
 
 
 @dataclass

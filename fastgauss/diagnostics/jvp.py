@@ -49,8 +49,8 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
         >>> torch.allclose(jv, v @ A.T, atol=1e-5)  # a linear map's J v is A v
         True
     """
-    from ..empirical import EmpiricalDenoiser
-    from ..gaussian_denoiser import GaussianDenoiser
+    from ..ops.empirical.op import EmpiricalDenoiser
+    from ..ops.gaussian.module import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))
     v = as_float(as_tensor(v, "v")).to(device=x.device, dtype=x.dtype)

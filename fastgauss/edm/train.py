@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from ..data import load_dataset
 from .precond import EMA, EDMDenoiser, edm_loss
-from ..empirical import EmpiricalDenoiser
-from ..gaussian_denoiser import GaussianDenoiser
+from ..ops.empirical.op import EmpiricalDenoiser
+from ..ops.gaussian.module import GaussianDenoiser
 from ..diagnostics.linearity import denoiser_rmse, linearity_score
-from ..moments import Moments
-from ..neighbors import gl_score, memorization_ratio
+from ..ops.moments.op import Moments
+from ..ops.neighbors.op import gl_score, memorization_ratio
 from .sampling import edm_sigmas, sample_euler
 from .splits import batch_at, subset
 from .unet import SmallUNet

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch
-from ._core import rows as _rows
-from ._core.backend import backend_for
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core import rows as _rows
+from ..._core.backend import backend_for
 
 #: Bytes of the [B, chunk] distance block per chunk of data rows.
 _WORKSPACE_BYTES = 32 << 20
@@ -95,7 +95,7 @@ def _error_bound(a: torch.Tensor, summary: _Summary, dim: int, u: float) -> torc
 
 
 def _kernel_candidates(a: torch.Tensor, data: torch.Tensor, summary: _Summary, count: int):
-    from .kernels.neighbors import nn_candidates
+    from ...kernels.neighbors import nn_candidates
 
     rows = data if data.stride(1) == 1 else data.contiguous()
     a32 = a.float().contiguous()
@@ -135,7 +135,7 @@ def _candidates(x: torch.Tensor, data: torch.Tensor, summary: _Summary, k: int, 
                   and backend_for(x) == "triton")
     max_kernel = 0
     if use_kernel:
-        from .kernels.neighbors import MAX_CANDIDATES as max_kernel
+        from ...kernels.neighbors import MAX_CANDIDATES as max_kernel
     todo = torch.arange(x.shape[0], device=x.device)
     groups = []
     while todo.numel():

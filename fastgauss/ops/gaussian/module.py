@@ -8,10 +8,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from . import _gaussian_torch as gt
-from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from .gaussian_op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
-from .moments import Moments
+from . import _torch as gt
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from .op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
+from ..moments.op import Moments
 
 REMAINDERS = ("zero", "isotropic")
 

@@ -6,16 +6,16 @@ import math
 
 import torch
 
-from . import _gaussian_torch as gt
-from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from ._core.backend import backend_for
+from . import _torch as gt
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core.backend import backend_for
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = gt.OUTPUTS
 
 
 def _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
-    from .kernels.gaussian import denoise
+    from ...kernels.gaussian import denoise
 
     f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
     u = eigvecs.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()

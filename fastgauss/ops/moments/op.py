@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import torch
 
-from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch
-from ._core.backend import backend_for
-from . import _gram_torch
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core.backend import backend_for
+from . import _torch as _gram_torch
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 _STATE_VERSION = 2
@@ -48,7 +48,7 @@ def _gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision) -> str
 
     Returns the precision the products were computed in (a key of PRODUCT_ROUNDING)."""
     if a.dtype != torch.float64 and backend_for(a) == "triton":
-        from .kernels.moments import centered_gram_accumulate
+        from ...kernels.moments import centered_gram_accumulate
         convert = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
         centered_gram_accumulate(out, convert(a), convert(a_shift), convert(b), convert(b_shift),
                                  precision=precision)
@@ -308,7 +308,7 @@ class Moments:
         Afterwards every rank holds the moments of all ranks' samples. Ranks that saw no
         data take part too. Returns self.
         """
-        from ._core.distributed import all_reduce_moments
+        from ..._core.distributed import all_reduce_moments
         all_reduce_moments(self, group)
         return self
 
@@ -372,7 +372,7 @@ class Moments:
         """
         from tqdm.auto import tqdm
 
-        from ._core.device import check_device
+        from ..._core.device import check_device
 
         if device is not None:
             device = check_device(device)  # before the progress bar: a clear error, not torch's deep one

@@ -12,11 +12,11 @@ import math
 import torch
 from torch import nn
 
-from . import _empirical_torch as et
-from ._core import rows as _rows
-from ._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from ._core.backend import backend_for
-from ._core.device import check_device
+from . import _torch as et
+from ..._core import rows as _rows
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core.backend import backend_for
+from ..._core.device import check_device
 
 PRECISIONS = ("ieee", "tf32", "bf16", "auto")
 
@@ -311,7 +311,7 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
 
 def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | None, device) -> et.Partial:
     """The partial of this rank's rows from the Triton kernel (D only), with the same windows."""
-    from .kernels.empirical import empirical_partial
+    from ...kernels.empirical import empirical_partial
 
     view = data.rows
     whole = view is not None and view.device == device and view.dtype == torch.float32 and view.stride(1) == 1
