@@ -12,7 +12,8 @@ from torch import nn
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss.analysis.measure import jacobian_iterations, stream_generator
+from fastgauss._core.seeds import seeded_generator
+from fastgauss.analysis.measure import jacobian_iterations
 from fastgauss.analysis.run import sigma_grid
 from fastgauss.cli import main
 from fastgauss.data import load_dataset
@@ -25,7 +26,7 @@ def digits():
 
 def _reference_rmse_to_empirical(model, data, sigma, n, seed=0):
     """The RMSE of ``model`` to D_M at one level, from reference.py, on the inputs analyze draws."""
-    g = stream_generator(seed, 0)
+    g = seeded_generator(seed, 0, 0)
     y = data[torch.randperm(data.shape[0], generator=g)[:n]]
     x = y + sigma * torch.randn(y.shape, generator=g)
     flat = x.reshape(n, -1)

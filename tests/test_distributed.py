@@ -90,10 +90,10 @@ def _step_gradients(trainer):
     """Gradients of the first step's loss, through the trainer's (DDP or plain) model."""
     from fastgauss.edm import edm_loss
     from fastgauss.edm.splits import batch_at
-    from fastgauss.edm.train import _step_generator
+    from fastgauss._core.seeds import seeded_generator
 
     batch = batch_at(trainer.train_set, trainer.config.batch_size, 0, trainer.config.seed)
-    loss = edm_loss(trainer.forward_model, batch, generator=_step_generator(trainer.config.seed, 0, 1),
+    loss = edm_loss(trainer.forward_model, batch, generator=seeded_generator(trainer.config.seed, 0, 1),
                     sigma_data=trainer.model.sigma_data,
                     shard=(trainer.rank, trainer.world) if trainer.world > 1 else None)
     loss.backward()

@@ -8,6 +8,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .._core.seeds import seeded_generator
 from ..ops.empirical.op import EmpiricalDenoiser
 from ..ops.gaussian.module import GaussianDenoiser
 from ..diagnostics.jacobian import jacobian_spectrum, subspace_alignment
@@ -20,14 +21,17 @@ from .stats_cache import cached_stats
 #: Default noise levels (those inside the model's [sigma_min, sigma_max] are used).
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
+
 #: Parts whose time counts as fastgauss's own measurements (minus the network's share). The Jacobian
 #: part is reported apart: it is the network's J v and J^T u products (torch.func), whose reverse
 #: passes run outside the network's forward call; its own linear algebra (QR of [d, k + 6]) is negligible.
 MEASUREMENT_PARTS = ("statistics", "references", "distances", "linearity", "sampling", "memorization")
 
+
 #: Sample sets scored by GL score and memorization ratio: the model's, D_G's exact flow, D_M's, D_G through
 #: the model's own sampler (the verdict's generalizing reference), N(mu, Sigma) from the same latents.
 SAMPLE_SETS = ("model", "gaussian", "memorizing", "gaussian_euler", "fresh_gaussian")
+
 
 def probe(model, data: torch.Tensor, sigma: float, feature_shape) -> None:
     """One small call before the long parts: a mismatch of shapes or labels fails here, clearly."""
@@ -51,7 +55,9 @@ def probe(model, data: torch.Tensor, sigma: float, feature_shape) -> None:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"dataset: the model returned {got} for samples of shape {tuple(x.shape)}")
 
+
 _OVERSAMPLE = 6
+
 
 def jacobian_iterations(eigvals: torch.Tensor, sigma: float, k: int, oversample: int, *, target: float = 0.01,
                         most: int = 16) -> tuple[int, bool]:
@@ -72,13 +78,12 @@ def jacobian_iterations(eigvals: torch.Tensor, sigma: float, k: int, oversample:
     needed = math.ceil((math.log(target) / math.log(ratio) - 1) / 2)
     return (max(2, needed), True) if needed <= most else (most, False)
 
+
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean over samples of sqrt(|a - b|^2 / d)."""
     a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
     return float(((a - b).norm(dim=1) / math.sqrt(a.shape[1])).mean())
 
-def stream_generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + stream) % (2**63 - 1))
 
 def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval, n_pairs, jacobian_k,
              jacobian_points, progress, source, cache_dir, sigma_range):
@@ -99,7 +104,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
         for sigma in tqdm(grid, desc="distances to D_G, D_M", disable=not progress, unit="sigma"):
             # The same generator state at every level: the same images and noise, as one call would use.
             res = denoiser_rmse(timed, {"gaussian": gaussian, "empirical": empirical}, data, [sigma], n=count,
-                                generator=stream_generator(seed, 0), batch_size=batch_size)
+                                generator=seeded_generator(seed, 0, 0), batch_size=batch_size)
             for ref in ("gaussian", "empirical"):
                 table[f"rmse_{ref}"].append(float(res[ref].value[0]))
                 table[f"rmse_{ref}_spread"].append(float(res[ref].spread[0]))
@@ -107,7 +112,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
     with part("linearity"):
         table["linearity"] = []
         for sigma in tqdm(grid, desc="linearity", disable=not progress, unit="sigma"):
-            res = linearity_score(timed, data, [sigma], n_pairs=pairs, generator=stream_generator(seed, 1),
+            res = linearity_score(timed, data, [sigma], n_pairs=pairs, generator=seeded_generator(seed, 0, 1),
                                   batch_size=batch_size)
             table["linearity"].append(float(res.value[0]))
     k = min(jacobian_k, d, n - 1)
@@ -115,8 +120,8 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
         table["jacobian_alignment"], table["jacobian_iters"], table["jacobian_resolved"] = [], [], []
         if k >= 1:
             top = stats.eigvecs[:, :k]
-            picks = torch.randperm(n, generator=stream_generator(seed, 2))[:jacobian_points].to(data.device)
-            eps = torch.randn((len(picks), *data.shape[1:]), generator=stream_generator(seed, 3)).to(data)
+            picks = torch.randperm(n, generator=seeded_generator(seed, 0, 2))[:jacobian_points].to(data.device)
+            eps = torch.randn((len(picks), *data.shape[1:]), generator=seeded_generator(seed, 0, 3)).to(data)
             bar = tqdm(total=len(grid) * len(picks), desc="Jacobian alignment", disable=not progress, unit="point")
             for sigma in grid:
                 iters, resolved = jacobian_iterations(stats.eigvals, sigma, k, _OVERSAMPLE)
@@ -124,7 +129,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
                 for j, i in enumerate(picks.tolist()):
                     x = data[i] + sigma * eps[j]  # one input [*feature_shape], as jacobian_spectrum takes it
                     left, _, _ = jacobian_spectrum(timed, x, sigma, k, oversample=_OVERSAMPLE, iters=iters,
-                                                   generator=stream_generator(seed, 4 + j))
+                                                   generator=seeded_generator(seed, 0, 4 + j))
                     cosines.append(float(subspace_alignment(left.detach(), top).mean()))
                     bar.update(1)
                 table["jacobian_alignment"].append(sum(cosines) / len(cosines))
@@ -133,7 +138,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
             bar.close()
     with part("sampling"), torch.no_grad():
         schedule = edm_sigmas(steps, sigma_min=max(sigma_range[0], 0.002), sigma_max=min(sigma_range[1], 80.0))
-        latents = torch.randn((samples, *data.shape[1:]), generator=stream_generator(seed, 5)).to(data)
+        latents = torch.randn((samples, *data.shape[1:]), generator=seeded_generator(seed, 0, 5)).to(data)
         bar = tqdm(total=2 * steps * samples, desc="sampling: model, memorizing", disable=not progress, unit="img")
         ends = {"model": [], "memorizing": []}
         for chunk in latents.split(batch_size):

@@ -26,10 +26,12 @@ def verdict_of(summary: dict):
                    rmse_to_empirical=dict(zip(t["sigma"], t["rmse_empirical"])),
                    rmse_to_gaussian=dict(zip(t["sigma"], t["rmse_gaussian"])))
 
+
 def verdict_dict(verdict) -> dict:
     result = verdict.to_dict()
     result["text"] = str(verdict)
     return json.loads(json.dumps(result, default=float))
+
 
 def timing_summary(timings: dict, timed: _TimedDenoiser) -> dict:
     own = sum(timings[p]["seconds"] - timings[p]["network_seconds"] for p in MEASUREMENT_PARTS if p in timings)
@@ -37,6 +39,7 @@ def timing_summary(timings: dict, timed: _TimedDenoiser) -> dict:
             "network_forward_seconds": timed.forward_seconds, "network_forward_images": timed.forward_images,
             "jacobian_seconds": timings.get("jacobian", {}).get("seconds", 0.0), "fastgauss_seconds": own,
             "overhead_vs_forward": own / timed.forward_seconds if timed.forward_seconds > 0 else None}
+
 
 def markdown(summary: dict) -> str:
     t, s, data, model = summary["per_sigma"], summary["samples"], summary["data"], summary["model"]
@@ -78,6 +81,7 @@ def markdown(summary: dict) -> str:
                   + (f" (ratio {ratio:.1%})" if ratio is not None else "")
                   + f"; the network's Jacobian products (J v, J^T u): {timing['jacobian_seconds']:.2f} s", ""]
     return "\n".join(lines)
+
 
 def write_figures(folder: Path, summary: dict, ends: dict, data: torch.Tensor) -> None:
     from matplotlib.figure import Figure

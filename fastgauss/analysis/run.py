@@ -51,6 +51,7 @@ class Analysis:
     def __str__(self) -> str:
         return markdown(self.summary)
 
+
 class _TimedDenoiser:
     """Calls the model and adds up the seconds spent inside it: plain forward passes apart from
     those inside torch.func transforms (the Jacobian's J v and J^T u)."""
@@ -81,6 +82,7 @@ class _TimedDenoiser:
     def seconds(self) -> float:
         return self.forward_seconds + self.transform_seconds
 
+
 def _load_model(path: Path, *, trust_code: bool, device, dtype):
     """A denoiser from a path through fastgauss.load_denoiser; its errors name ``model``."""
     from ..models import load_denoiser
@@ -89,6 +91,7 @@ def _load_model(path: Path, *, trust_code: bool, device, dtype):
         return load_denoiser(path, trust_code=trust_code, device=device, dtype=dtype)
     except ValueError as exc:
         raise ValueError(f"model: {str(exc).removeprefix('path: ')}") from None
+
 
 def _load_data(dataset, scale):
     """(data [N, *feature_shape] float32, file or folder source or None, a name for the report)."""
@@ -99,15 +102,18 @@ def _load_data(dataset, scale):
     data = as_float(as_tensor(dataset, "dataset"))
     return data, None, f"tensor {tuple(data.shape)}"
 
+
 def _model_device(model) -> torch.device | None:
     if isinstance(model, torch.nn.Module):
         for tensor in (*model.parameters(), *model.buffers()):
             return tensor.device
     return None
 
+
 def _is_conditional(model) -> bool:
     """A class-conditional model without default labels (adapters: label_dim != 0, class_labels None)."""
     return bool(getattr(model, "label_dim", 0)) and getattr(model, "class_labels", None) is None
+
 
 def sigma_grid(sigma_min: float, sigma_max: float, sigmas=None) -> list[float]:
     """The analysis grid: ``sigmas`` (each inside [sigma_min, sigma_max]) or the levels of
@@ -124,10 +130,12 @@ def sigma_grid(sigma_min: float, sigma_max: float, sigmas=None) -> list[float]:
     lo, hi = math.log(sigma_min), math.log(min(sigma_max, 80.0))
     return [math.exp(lo + (hi - lo) * i / 7) for i in range(8)]
 
+
 def _check_count(name: str, value, low: int) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
         raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
     return value
+
 
 def analyze(model, dataset, *, out="fastgauss-out/analyze", sigmas=None, samples: int = 64, steps: int = 10,
             batch_size: int = 256, labels: int | None = None, device=None, dtype=None, seed: int = 0,
@@ -232,6 +240,7 @@ def analyze(model, dataset, *, out="fastgauss-out/analyze", sigmas=None, samples
         (folder / "summary.md").write_text(markdown(summary))
     return Analysis(summary, verdict, None if out is None else folder,
                     {k: v for k, v in end_points.items() if k in SAMPLE_SETS})
+
 
 def _cache_dir(out, cache_dir):
     if cache_dir is not None:

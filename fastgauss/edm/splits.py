@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .._core.seeds import seeded_generator
+
 
 def _permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -39,7 +41,7 @@ def batch_at(data: torch.Tensor, batch_size: int, step: int, seed: int = 0) -> t
     n = data.shape[0]
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7) % (2**63 - 1)))
+    order = torch.randperm(n, generator=seeded_generator(seed, epoch))
     if n < batch_size:
         order = order.repeat(-(-batch_size // n))
     return data[order[k * batch_size:(k + 1) * batch_size].to(data.device)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._core.seeds import seeded_generator
 from ..data import load_dataset
 from .precond import EMA, EDMDenoiser, edm_loss
 from ..ops.empirical.op import EmpiricalDenoiser
@@ -63,10 +64,6 @@ class TrainConfig:
             raise ValueError(f"lr: expected a finite learning rate > 0, got {self.lr!r}")
         if not (isinstance(self.warmup, int) and self.warmup >= 0):
             raise ValueError(f"warmup: expected an integer >= 0, got {self.warmup!r}")
-
-
-def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + stream) % (2**63 - 1))
 
 
 def _init_weights(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
@@ -126,7 +123,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = batch_at(self.train_set, self.config.batch_size, self.step, self.config.seed)
-        loss = edm_loss(self.forward_model, batch, generator=_step_generator(self.config.seed, self.step, 1),
+        loss = edm_loss(self.forward_model, batch, generator=seeded_generator(self.config.seed, self.step, 1),
                         sigma_data=self.model.sigma_data, shard=(self.rank, self.world) if self.world > 1 else None)
         if not torch.isfinite(loss):
             where = ("no checkpoint has been written yet" if self.saved_step is None else
@@ -178,7 +175,7 @@ class Trainer:
         cfg, net = self.config, self.ema.model.eval()
         gaussian, empirical = self.references()
         n = self.train_set.shape[0]
-        noise = lambda stream: _step_generator(cfg.seed, 0, 100 + stream)  # noqa: E731  held-out, fixed
+        noise = lambda stream: seeded_generator(cfg.seed, 0, 100 + stream)  # noqa: E731  held-out, fixed
         count = min(cfg.eval_samples, n)
         distances = denoiser_rmse(net, {"gaussian": gaussian, "empirical": empirical}, self.train_set,
                                   cfg.eval_sigmas, n=count, generator=noise(0))  # the network runs once
