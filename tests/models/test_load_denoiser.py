@@ -14,7 +14,7 @@ import torch
 
 import fastgauss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _gen(seed):
