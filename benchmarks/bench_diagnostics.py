@@ -47,7 +47,7 @@ class UNetish(nn.Module):
 
 def _small_unet():
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
     torch.manual_seed(0)
     den = EDMDenoiser(SmallUNet(3, 64)).eval()
     torch.nn.init.normal_(den.network.out[-1].weight, std=0.05)  # zero at init: J would be c_skip I

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 import fastgauss
-from fastgauss import teleport
+from fastgauss.edm import teleport
 from fastgauss.data import load_dataset
-from fastgauss.train import TrainConfig, Trainer
+from fastgauss.edm.train import TrainConfig, Trainer
 
 STEPS = (6, 9, 12, 18)
 REFERENCE_STEPS = 256
@@ -69,7 +69,7 @@ def diffusers_model(folder: str):
         (Path(folder) / "fastgauss_train.json").exists() else None
     data = load_dataset("digits")
     if n:
-        from fastgauss.splits import subset
+        from fastgauss.edm.splits import subset
         data = subset(data, n, seed=0)
     return den, data
 

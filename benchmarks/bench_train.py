@@ -13,7 +13,7 @@ import time
 import torch
 
 from fastgauss.data import load_dataset
-from fastgauss.train import TrainConfig, Trainer
+from fastgauss.edm.train import TrainConfig, Trainer
 
 
 def _timed_run(tmp_path, measure: bool) -> float:

@@ -12,26 +12,28 @@ Public API (see README.md for a tour):
     verdict, Verdict   the three-way verdict (memorizes / undertrained / generalizes) with its evidence
     from_diffusers, from_edm, from_score, load_denoiser   pretrained models (diffusers, EDM, score SDE) as denoisers
     analyze, Analysis  your own model against the Gaussian and memorizing denoisers of its data: report + verdict
+    TrainConfig, Trainer   the reference EDM training loop (fastgauss.edm.train)
     data.load_dataset  bundled datasets (digits, faces, patches) and image folders, zips, arrays
 """
 
-from .empirical import EmpiricalDenoiser, empirical_denoise
-from .gaussian_denoiser import GaussianDenoiser
-from .gaussian_op import gaussian_denoise
-from .distill import distill_linear
-from .jacobian import jacobian_spectrum, subspace_alignment
-from .jvp import jvp
-from .linearity import denoiser_rmse, linearity_score
-from .moments import Moments
-from .neighbors import gl_score, memorization_ratio, nearest_neighbors
-from .sampling import edm_sigmas, sample_euler, sample_heun
+from .ops.empirical import EmpiricalDenoiser, empirical_denoise
+from .ops.gaussian import GaussianDenoiser
+from .ops.gaussian import gaussian_denoise
+from .diagnostics.distill import distill_linear
+from .diagnostics.jacobian import jacobian_spectrum, subspace_alignment
+from .diagnostics.jvp import jvp
+from .diagnostics.linearity import denoiser_rmse, linearity_score
+from .ops.moments import Moments
+from .ops.neighbors import gl_score, memorization_ratio, nearest_neighbors
+from .edm.sampling import edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
-from .verdict import Verdict, verdict
-from .analyze import Analysis, analyze
+from .diagnostics.verdict import Verdict, verdict
+from .analysis import Analysis, analyze
+from .edm.train import TrainConfig, Trainer
 
 __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
            "EmpiricalDenoiser", "GaussianDenoiser", "Moments", "denoiser_rmse", "distill_linear", "edm_sigmas",
            "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
            "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment",
-           "Verdict", "verdict", "Analysis", "analyze"]
+           "Verdict", "verdict", "Analysis", "analyze", "TrainConfig", "Trainer"]
 __version__ = "0.1.0"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastgauss._arrays import as_float, as_tensor
-from fastgauss._backend import backend_for
+from fastgauss._core.arrays import as_float, as_tensor
+from fastgauss._core.backend import backend_for
 
 
 def test_cpu_tensors_use_torch_by_default(monkeypatch):

@@ -8,7 +8,7 @@ import torch
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss._arrays import as_tensor
+from fastgauss._core.arrays import as_tensor
 
 
 class _Producer:

@@ -5,8 +5,10 @@ import importlib
 
 import pytest
 
-MODULES = ["fastgauss.moments", "fastgauss.gaussian_op", "fastgauss.gaussian_denoiser", "fastgauss.empirical",
-           "fastgauss.neighbors", "fastgauss.jvp", "fastgauss.data", "fastgauss.teleport"]
+MODULES = ["fastgauss.ops.moments.op", "fastgauss.ops.gaussian.op", "fastgauss.ops.gaussian.module", "fastgauss.ops.empirical.op",
+           "fastgauss.ops.neighbors.op", "fastgauss.diagnostics.jvp", "fastgauss.data", "fastgauss.data.load",
+           "fastgauss.edm.teleport", "fastgauss.diagnostics.linearity", "fastgauss.diagnostics.distill",
+           "fastgauss.diagnostics.jacobian", "fastgauss._core.seeds"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -131,11 +131,11 @@ def test_diagnostics_read_flags_from_inside(watch):
 
 
 def test_training_and_reports(watch, tmp_path):
-    from fastgauss._plots import plot_training_curve
-    from fastgauss.demo import _plot_curves
-    from fastgauss.reproduce import _plot
-    from fastgauss.spectrum import plot_spectrum
-    from fastgauss.train import TrainConfig, Trainer
+    from fastgauss._core.plots import plot_training_curve
+    from fastgauss.cli.demo import _plot_curves
+    from fastgauss.cli.reproduce import _plot
+    from fastgauss.diagnostics.spectrum import plot_spectrum
+    from fastgauss.edm.train import TrainConfig, Trainer
 
     digits = load_dataset("digits")
     config = TrainConfig(n=16, width=8, steps=2, batch_size=8, warmup=1, eval_every=2, eval_sigmas=(0.5, 1.0),
@@ -160,8 +160,8 @@ def test_training_and_reports(watch, tmp_path):
 def test_trainer_weights_equal_the_seeded_global_rng_ones():
     """The local generator reproduces what torch.manual_seed(seed) + building the UNet gave, so the
     demo's figures stand."""
-    from fastgauss.train import _build_network
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.train import _build_network
+    from fastgauss.edm.unet import SmallUNet
 
     for channels, width, seed in ((1, 8, 0), (3, 32, 5)):
         with torch.random.fork_rng():

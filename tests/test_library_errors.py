@@ -21,15 +21,15 @@ def test_jacobian_spectrum_one_channel_image_as_in_the_readme():
     data = _data()
     g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
     gen = torch.Generator().manual_seed(0)
-    s, u, _ = fastgauss.jacobian_spectrum(g, data[0], 0.5, k=3, generator=gen)
+    u, s, _ = fastgauss.jacobian_spectrum(g, data[0], 0.5, k=3, generator=gen)
     w = g.weights(0.5)[:3].double()  # J = U diag(w) U^T: singular values w
     assert torch.allclose(s, w, rtol=1e-4) and u.shape == (16, 3)
     # and a network that does not declare feature_shape, on a 1-channel image [1, H, W]
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
 
     net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
-    s, u, _ = fastgauss.jacobian_spectrum(net, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
+    u, s, _ = fastgauss.jacobian_spectrum(net, data[0], 0.5, k=2, generator=torch.Generator().manual_seed(0))
     assert s.shape == (2,) and u.shape == (16, 2)
 
 
@@ -41,7 +41,7 @@ def test_jacobian_spectrum_batch_names_the_shape_passed():
     with pytest.raises(ValueError, match=r"x: .*got shape \(16,\)"):
         fastgauss.jacobian_spectrum(g, data[0].reshape(-1), 0.5, k=2)
     from fastgauss.edm import EDMDenoiser
-    from fastgauss.unet import SmallUNet
+    from fastgauss.edm.unet import SmallUNet
 
     net = EDMDenoiser(SmallUNet(channels=1, width=8)).eval()
     with pytest.raises(ValueError, match=r"x: the denoiser failed on x\[None\] of shape \(1, 2, 1, 4, 4\)"):

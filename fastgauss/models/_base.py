@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .._arrays import as_float, as_tensor, inspectable
+from .._core.arrays import as_float, as_tensor, inspectable
 
 # A sigma this close to the range's ends (relative) is inside it: a float32 copy of
 # sigma_min must not be refused because it rounded down.

@@ -83,7 +83,7 @@ def from_edm(net, *, sigma_min: float | None = None, sigma_max: float | None = N
     Example:
         >>> import torch, fastgauss
         >>> from fastgauss.edm import EDMDenoiser
-        >>> from fastgauss.unet import SmallUNet
+        >>> from fastgauss.edm.unet import SmallUNet
         >>> den = fastgauss.from_edm(EDMDenoiser(SmallUNet(channels=1, width=8)), feature_shape=(1, 8, 8))
         >>> den(torch.randn(2, 1, 8, 8), torch.tensor([0.1, 2.0])).shape
         torch.Size([2, 1, 8, 8])

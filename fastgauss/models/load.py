@@ -113,9 +113,9 @@ def load_edm_snapshot(path: Path, *, device=None, dtype=None, max_batch=None) ->
 
 def load_fastgauss_checkpoint(path: Path, *, device=None, dtype=None, max_batch=None) -> Adapter:
     """A ``fastgauss train`` checkpoint (its EMA network) as an :class:`EDMNetDenoiser`."""
-    from ..edm import EDMDenoiser
-    from ..train import load_checkpoint
-    from ..unet import SmallUNet
+    from ..edm.precond import EDMDenoiser
+    from ..edm.train import load_checkpoint
+    from ..edm.unet import SmallUNet
     from .edm import EDM_SIGMA_MAX, EDM_SIGMA_MIN, from_edm
 
     state = load_checkpoint(path)

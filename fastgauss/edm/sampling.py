@@ -1,0 +1,185 @@
+"""EDM noise schedule and deterministic / stochastic samplers for any denoiser.
+
+A denoiser follows the protocol ``denoiser(x, sigma) -> D`` with x: [B, *feature_shape];
+the samplers call it with sigma as a [B] tensor (one level for every sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .._core.arrays import as_float, as_tensor
+
+
+def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
+               device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Karras et al. (2022) schedule: [n + 1] levels, sigma_max down to sigma_min, then 0.
+
+    sigma_i = (smax^(1/rho) + i / (n - 1) (smin^(1/rho) - smax^(1/rho)))^rho for i < n.
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n: expected a number of steps >= 1, got {n!r}")
+    if not (0 < sigma_min <= sigma_max and math.isfinite(sigma_max)) or rho <= 0:
+        raise ValueError(f"expected 0 < sigma_min <= sigma_max < inf and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
+    i = torch.arange(n, dtype=torch.float64)
+    frac = i / (n - 1) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    levels = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)]).to(device=device, dtype=dtype)
+
+
+def _check_schedule(latents, sigmas):
+    latents = as_float(as_tensor(latents, "latents"))
+    sig = as_float(as_tensor(sigmas, "sigmas")).reshape(-1).to(torch.float64).cpu()
+    if sig.numel() < 2 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
+        raise ValueError("sigmas: expected at least 2 finite levels >= 0, starting above 0 (edm_sigmas(n))")
+    if (sig[1:] > sig[:-1]).any():
+        raise ValueError("sigmas: must not increase")
+    if (sig[:-1] <= 0).any():
+        raise ValueError("sigmas: only the last level may be 0 (every step divides by its level)")
+    return latents, sig.tolist()
+
+
+def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    out = denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+    if out.shape != x.shape:
+        raise ValueError(f"denoiser: returned shape {tuple(out.shape)} for input {tuple(x.shape)} at sigma={sigma:g}")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"denoiser: returned non-finite values at sigma={sigma:g}")
+    return out
+
+
+class _Trajectory:
+    """Collects x after every step and D at every step's first evaluation, when asked to."""
+
+    def __init__(self, x: torch.Tensor, enabled: bool, schedule: list[float]):
+        self.enabled, self.xs, self.ds, self.sig = enabled, [x], [], [schedule[0]]
+        self.schedule = schedule  # the whole (clipped) schedule, jumped levels included
+        self.jump: tuple[float, float] | None = None
+
+    def record(self, x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> None:
+        if self.enabled:
+            self.xs.append(x)
+            self.ds.append(denoised)
+            self.sig.append(sigma)
+
+    def result(self, x: torch.Tensor, nfe: int):
+        if not self.enabled:
+            return x
+        out = {"x": torch.stack(self.xs), "denoised": torch.stack(self.ds), "sigma": torch.tensor(self.sig, dtype=torch.float64), "nfe": nfe}
+        if self.jump is not None:
+            out["jump"] = self.jump
+        return x, out
+
+
+def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory):
+    """(x at the level the network starts from, the remaining schedule, the trajectory).
+
+    Without ``gaussian`` this is x = latents * sigmas[0] and the whole (clipped) schedule. With it
+    and a ``switch_sigma``, x is carried from sigmas[0] to the first level <= switch_sigma by the
+    Gaussian's exact flow (``teleport.gaussian_jump``), and the trajectory records the jump as
+    one step whose "denoised" entry is the Gaussian's D at sigmas[0].
+    """
+    from . import teleport
+
+    latents, sig = _check_schedule(latents, sigmas)
+    sig = teleport.clip_schedule(sig, denoiser)
+    x = latents * sig[0]
+    trajectory = _Trajectory(x, return_trajectory, sig)
+    if switch_sigma is None:
+        if gaussian is not None:
+            raise ValueError("switch_sigma: gaussian= was given without switch_sigma= (a level, or 'auto')")
+        return x, sig, trajectory
+    if gaussian is None:
+        raise ValueError("gaussian: switch_sigma= needs gaussian= (a fastgauss.GaussianDenoiser of the data)")
+    features = math.prod(latents.shape[1:])
+    if features != gaussian.dim:
+        raise ValueError(f"gaussian: has {gaussian.dim} features (feature shape {tuple(gaussian.feature_shape)}) but "
+                         f"the latents have {features} (shape {tuple(latents.shape)})")
+    if isinstance(switch_sigma, str):
+        if switch_sigma != "auto":
+            raise ValueError(f"switch_sigma: expected a level >= 0, 'auto' or None, got {switch_sigma!r}")
+        switch_sigma = teleport.auto_switch_sigma(denoiser, gaussian, sig, data=data, report=report, tol=tol)
+    i = teleport.switch_index(sig, float(switch_sigma))
+    if i == 0:
+        return x, sig, trajectory
+    jumped = teleport.gaussian_jump(gaussian, x, sig[0], sig[i])
+    if return_trajectory:
+        trajectory.jump = (sig[0], sig[i])
+        trajectory.record(jumped, _as_dtype(gaussian(x, sig[0]), x), sig[i])
+    return jumped, sig[i:], trajectory
+
+
+def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.to(dtype=like.dtype, device=like.device).reshape(like.shape)
+
+
+_TELEPORT_DOC = """
+    Teleportation (Wang & Vastola): with ``gaussian=`` a ``GaussianDenoiser`` of the training data
+    and ``switch_sigma=`` a level s (or "auto"), the first steps are replaced by the Gaussian's
+    exact probability flow from sigmas[0] to the first schedule level <= s, and the network
+    finishes from there (``switch_sigma=0`` is the closed form, no network call). "auto" picks the
+    lowest level s at which the network's RMSE to the Gaussian stays below ``tol`` at every level
+    >= s, measured on ``data=`` (a probe set [N, *feature_shape]) or read from ``report=`` (an
+    ``analyze`` summary or its summary.json); ``tol`` defaults to ``teleport.DEFAULT_TOL``.
+    A denoiser with ``sigma_min`` / ``sigma_max`` attributes (the model adapters) gets its
+    schedule clamped into that range (repeated levels dropped, the final 0 kept).
+"""
+
+
+def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None, data=None, report=None,
+                 tol: float | None = None, return_trajectory: bool = False, progress: bool = False):
+    """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
+
+    latents: [B, *feature_shape] unit Gaussian noise; sampling starts at latents * sigmas[0].
+    sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples [B, ...], or
+    (samples, {"x": [m + 1, B, ...], "denoised": [m, B, ...], "sigma": [m + 1], "nfe": int,
+    "jump": (sigma_from, sigma_to) when teleported}), m the number of steps taken.
+    """
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    nfe = 0
+    for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="euler", disable=not progress):
+        denoised = _call(denoiser, x, t_cur)
+        nfe += 1
+        x = x + (t_next - t_cur) * (x - denoised) / t_cur
+        trajectory.record(x, denoised, t_next)
+    return trajectory.result(x, nfe)
+
+
+def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float = 0.0,
+                S_max: float = float("inf"), S_noise: float = 1.0, generator: torch.Generator | None = None,
+                gaussian=None, switch_sigma=None, data=None, report=None, tol: float | None = None,
+                return_trajectory: bool = False, progress: bool = False):
+    """EDM's second-order sampler (Karras et al. 2022, Algorithm 2): 2n - 1 denoiser calls.
+
+    Heun's trapezoidal correction wherever the next level is above 0; optional churn adds
+    noise with gamma = min(S_churn / n, sqrt(2) - 1) for levels in [S_min, S_max].
+    Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
+    first evaluation).
+    """
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    n = len(trajectory.schedule) - 1  # churn's gamma is set by the whole schedule, jumped steps included
+    nfe = 0
+    for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="heun", disable=not progress):
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
+        t_hat = t_cur + gamma * t_cur
+        if gamma > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise
+        denoised = _call(denoiser, x, t_hat)
+        nfe += 1
+        slope = (x - denoised) / t_hat
+        x_next = x + (t_next - t_hat) * slope
+        if t_next > 0:
+            slope_next = (x_next - _call(denoiser, x_next, t_next)) / t_next
+            nfe += 1
+            x_next = x + (t_next - t_hat) * (slope + slope_next) / 2
+        x = x_next
+        trajectory.record(x, denoised, t_next)
+    return trajectory.result(x, nfe)
+
+
+sample_euler.__doc__ += _TELEPORT_DOC
+sample_heun.__doc__ += _TELEPORT_DOC

@@ -1,0 +1,324 @@
+"""``GaussianDenoiser``: the optimal denoiser of N(mu, Sigma) as an nn.Module, with exact sampling."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from . import _torch as gt
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from .op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
+from ..moments.op import Moments
+
+REMAINDERS = ("zero", "isotropic")
+
+
+def _truncate(eigvals: torch.Tensor, eigvecs: torch.Tensor, rank: int | None, remainder: str):
+    """Keep the top ``rank`` pairs; the remainder eigenvalue is 0 or the mean of the discarded ones.
+
+    eigvals: [k] descending, already with exact zeros where the spectrum has none (see the
+    builders); eigvecs: [d, k].
+    """
+    eigvals = eigvals.to(torch.float64).clamp_min(0)
+    if remainder not in REMAINDERS:
+        raise ValueError(f"remainder: expected one of {', '.join(REMAINDERS)}, got {remainder!r}")
+    d, full = eigvecs.shape
+    r = full if rank is None else rank
+    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= full):
+        raise ValueError(f"rank: expected an integer from 1 to {full}, got {rank!r}")
+    lam_rest = 0.0
+    if remainder == "isotropic" and r < d:
+        # Discarded directions include any beyond the given eigenpairs (their eigenvalue is 0).
+        lam_rest = float(eigvals[r:].sum()) / (d - r)
+    return eigvals[:r], eigvecs[:, :r], lam_rest
+
+
+def _zero_eigh_rounding(eigvals: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues [d] (descending, float64) within eigh's rounding of zero (d * eps * lambda_max) -> 0."""
+    limit = eigvals.shape[0] * torch.finfo(torch.float64).eps * eigvals[:1].clamp_min(0).sum()
+    return torch.where(eigvals > limit, eigvals, torch.zeros((), dtype=eigvals.dtype, device=eigvals.device))
+
+
+class GaussianDenoiser(nn.Module):
+    """Optimal denoiser of a Gaussian N(mu, U diag(lambda) U^T): D(x; s) = mu + U diag(w) U^T (x - mu).
+
+    Follows the denoiser protocol: ``g(x, sigma)`` with x: [B, *feature_shape] and sigma a
+    float, a 0-d tensor, [B] values, or a [B, T] / [1, T] grid (then the result is
+    [T, B, *feature_shape], from one projection). Buffers (mean [d], eigvals [r],
+    eigvecs [d, r], lam_rest) move with ``.to()`` and save with ``state_dict``.
+
+    Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
+    ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
+    kernel mode); ``remainder="isotropic"`` gives the discarded directions the mean of the
+    discarded eigenvalues instead of mapping them to mu.
+
+    Example:
+        >>> import torch, fastgauss
+        >>> m = fastgauss.Moments().update(torch.randn(500, 1, 4, 4))
+        >>> g = fastgauss.GaussianDenoiser.from_moments(m, rank=8)
+        >>> g(torch.randn(3, 1, 4, 4), 0.5).shape
+        torch.Size([3, 1, 4, 4])
+    """
+
+    def __init__(self, mean, eigvals, eigvecs, *, feature_shape=None, lam_rest: float = 0.0,
+                 dtype: torch.dtype = torch.float32, eigvec_dtype: torch.dtype | None = None,
+                 operator_cache_bytes: int = 1 << 30):
+        super().__init__()
+        self.operator_cache_bytes = operator_cache_bytes
+        self._operators: OrderedDict = OrderedDict()
+        mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
+                                  ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
+        validate_gaussian(mean.reshape(-1), eigvecs, eigvals)
+        if not (math.isfinite(lam_rest) and lam_rest >= 0):
+            raise ValueError(f"lam_rest: expected an eigenvalue >= 0, got {lam_rest!r}")
+        d = mean.numel()
+        self.feature_shape = tuple(feature_shape) if feature_shape is not None else tuple(mean.shape)
+        if math.prod(self.feature_shape) != d:
+            raise ValueError(f"feature_shape: {self.feature_shape} does not hold the {d} features of mean")
+        self.register_buffer("mean", mean.reshape(d).to(dtype))
+        self.register_buffer("eigvals", eigvals.clamp_min(0).to(dtype))
+        self.register_buffer("eigvecs", eigvecs.to(eigvec_dtype or dtype).contiguous())
+        self.register_buffer("lam_rest", torch.tensor(float(lam_rest), dtype=dtype))
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_moments(cls, moments: Moments, *, rank: int | None = None, remainder: str = "zero", ddof: int = 0,
+                     **kwargs) -> GaussianDenoiser:
+        """From streamed moments: mean and the top ``rank`` eigenpairs of the covariance.
+
+        The eigenvalues follow ``Moments.eigh``'s exact-rank rule: past min(n - 1, d) for n
+        samples, and below the rounding level of the precision the scatter was accumulated in
+        (``moments.product_precision``), they are exactly 0, so at sigma = 0 those directions
+        map to mu instead of passing rounding noise through.
+        """
+        if not isinstance(moments, Moments):
+            raise TypeError(f"moments: expected fastgauss.Moments, got {type(moments).__name__}")
+        eigvals, eigvecs = moments.eigh(ddof=ddof)
+        eigvals, eigvecs, lam_rest = _truncate(eigvals, eigvecs, rank, remainder)
+        return cls(moments.mean, eigvals, eigvecs, feature_shape=moments.feature_shape, lam_rest=lam_rest,
+                   **kwargs)
+
+    @classmethod
+    def from_covariance(cls, mean, covariance, *, rank: int | None = None, remainder: str = "zero",
+                        **kwargs) -> GaussianDenoiser:
+        """From a mean [*feature_shape] and a covariance [d, d] (symmetric positive semi-definite).
+
+        The covariance is taken as exact: only eigenvalues within float64 eigh's rounding of 0
+        (d * eps * lambda_max) become 0. For a covariance of N samples accumulated in fp32 use
+        ``from_moments``, which knows N and the accumulation's precision.
+        """
+        mean = as_float(as_tensor(mean, "mean"))
+        cov = as_float(as_tensor(covariance, "covariance")).to(torch.float64)
+        d = mean.numel()
+        if cov.shape != (d, d):
+            raise ValueError(f"covariance: expected shape [{d}, {d}] for a mean of {d} features, got "
+                             f"{tuple(cov.shape)}")
+        scale = cov.abs().max().clamp_min(1e-300)
+        if (cov - cov.T).abs().max() > 1e-6 * scale:
+            raise ValueError("covariance: not symmetric (beyond rounding)")
+        eigvals, eigvecs = torch.linalg.eigh((cov + cov.T) / 2)
+        if eigvals.numel() and eigvals.min() < -1e-6 * eigvals.abs().max().clamp_min(1e-300):
+            raise ValueError(f"covariance: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
+                             "not a valid covariance")
+        eigvals, eigvecs, lam_rest = _truncate(_zero_eigh_rounding(eigvals.flip(0)), eigvecs.flip(1), rank,
+                                               remainder)
+        kwargs.setdefault("feature_shape", tuple(mean.shape))
+        return cls(mean, eigvals, eigvecs, lam_rest=lam_rest, **kwargs)
+
+    @property
+    def rank(self) -> int:
+        return self.eigvecs.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    # -------------------------------------------------------------- the denoiser
+    def forward(self, x, sigma, *, output: str = "denoised", precision: str | None = None) -> torch.Tensor:
+        """D(x; sigma): [B, *feature_shape] (or [T, B, ...] for a 2-D sigma).
+
+        A batch that shares one sigma may take the operator route: one cached d x d matrix
+        W = U diag(w - a) U^T per sigma, one product instead of two. It is chosen when it does
+        fewer flops counting the build (2 B d^2 + 2 d^2 r against 4 B d r: large batches with
+        r > d / 2), decided by (B, d, r) alone so results never depend on what was cached, and
+        when W fits in ``operator_cache_bytes`` (0 turns the route off). Cached operators of
+        the levels a sampling loop repeats save the build's time.
+        """
+        x = self._check_input(x)
+        # Once cached, the operator route does 2 B d^2 flops against 4 B d r: only r > d / 2 can win.
+        possible = 2 * self.rank > self.dim and 4 * self.dim**2 <= self.operator_cache_bytes
+        level = self._shared_level(x, sigma) if possible else None
+        if level is not None and self._operator_pays(x.shape[0], level, precision):
+            return self._operator_route(x, level, output, precision)
+        return denoise_validated(x, sigma, self.mean, self.eigvecs, self.eigvals, self.lam_rest, output=output,
+                                 precision=precision)
+
+    def score(self, x, sigma, **kwargs) -> torch.Tensor:
+        """(D(x; sigma) - x) / sigma^2, sigma > 0."""
+        return self.forward(x, sigma, output="score", **kwargs)
+
+    def eps(self, x, sigma, **kwargs) -> torch.Tensor:
+        """(x - D(x; sigma)) / sigma, the noise prediction, sigma > 0."""
+        return self.forward(x, sigma, output="eps", **kwargs)
+
+    def weights(self, sigma) -> torch.Tensor:
+        """Shrinkage factors lambda_k / (lambda_k + sigma^2): [r] for a scalar sigma, else [*sigma.shape, r]."""
+        s = as_float(as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float))
+                     else torch.tensor(float(sigma), dtype=torch.float64))
+        s = s.to(self.eigvals)
+        if not torch.isfinite(s).all() or (s < 0).any():
+            raise ValueError("sigma: must be finite and >= 0")
+        return gt.shrink(self.eigvals, s[..., None])
+
+    def jvp(self, x, sigma, v, *, precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x; sigma), J v) with J = dD/dx = U diag(w) U^T (+ the remainder), independent of x.
+
+        v: [B, *feature_shape] or [K, B, *feature_shape] (K probes). J v reuses the fused
+        kernel with a zero mean (J v = D_0(v) for the centred denoiser).
+        """
+        x = self._check_input(x)
+        v = as_float(as_tensor(v, "v")).to(x.device)
+        probes = v.dim() == x.dim() + 1
+        if v.shape[probes:] != x.shape:
+            raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
+                             f"got {tuple(v.shape)}")
+        denoised = self.forward(x, sigma, precision=precision)
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device,
+                                      torch.float64 if x.dtype == torch.float64 else torch.float32)
+        if multi:
+            raise ValueError("sigma: jvp takes one level per sample (a float, 0-d or [B]), not a grid")
+        k = v.shape[0] if probes else 1
+        flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
+        jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
+                               self.eigvals, self.lam_rest, precision=precision)
+        return denoised, jv.reshape(v.shape)
+
+    # ----------------------------------------------------------------- sampling
+    def sample(self, latents, sigmas, *, return_trajectory: bool = False):
+        """Exact probability-flow ODE solution from ``latents * sigmas[0]``, no ODE error.
+
+        latents: [B, *feature_shape] unit Gaussian noise; sigmas: [n + 1] decreasing, ending
+        in 0 (as ``edm_sigmas`` returns). With sigma_T = sigmas[0] and c = U^T (x_T - mu):
+        x_sigma = mu + U (sqrt((lambda + sigma^2) / (lambda + sigma_T^2)) c) + the part of
+        x_T - mu outside span(U) scaled by sqrt((lam_rest + sigma^2) / (lam_rest + sigma_T^2)).
+        Returns the final samples [B, ...]; with ``return_trajectory`` also a dict with
+        "x" [n + 1, B, ...] (x at every sigma) and "denoised" [n + 1, B, ...] (D(x_sigma; sigma)).
+        """
+        latents = self._check_input(latents)
+        sig = as_float(as_tensor(sigmas, "sigmas")).to(device=latents.device, dtype=torch.float64).reshape(-1)
+        if sig.numel() < 1 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
+            raise ValueError("sigmas: expected finite values >= 0 starting with sigma_max > 0")
+        dtype = torch.promote_types(latents.dtype, self.eigvecs.dtype)
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        u, lam, mu = self.eigvecs.to(dtype), self.eigvals.to(torch.float64), self.mean.to(dtype)
+        lam_rest = self.lam_rest.to(torch.float64)
+        x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0])  # EDM: start at latents * sigma_max
+        coeffs = (x_t - mu) @ u  # [B, r]: the one projection
+        outside = (x_t - mu) - coeffs @ u.T
+        levels = sig if return_trajectory else sig[-1:]
+        scale = torch.sqrt((lam + levels[:, None] ** 2) / (lam + sig[0] ** 2)).to(dtype)  # [L, r]
+        scale_rest = torch.sqrt((lam_rest + levels**2) / (lam_rest + sig[0] ** 2)).to(dtype)  # [L]
+        if return_trajectory:
+            shrink = gt.shrink(lam, levels[:, None]).to(dtype)  # D at each level
+            shrink_rest = gt.shrink(lam_rest, levels).to(dtype)
+            both = torch.cat([scale, scale * shrink])  # [2L, r]: x and D from one reconstruction
+            recon = (coeffs[None] * both[:, None]) @ u.T
+            rest = torch.cat([scale_rest, scale_rest * shrink_rest])[:, None, None] * outside
+            xs, ds = (mu + recon + rest).split(levels.numel())
+            shape = (levels.numel(), *latents.shape)
+            xs, ds = xs.reshape(shape).to(latents.dtype), ds.reshape(shape).to(latents.dtype)
+            return xs[-1], {"x": xs, "denoised": ds, "sigma": sig}
+        final = mu + (coeffs * scale[0]) @ u.T + scale_rest[0] * outside
+        return final.reshape(latents.shape).to(latents.dtype)
+
+    # ----------------------------------------------------------- operator route
+    def _shared_level(self, x: torch.Tensor, sigma) -> float | None:
+        """The one sigma of the whole batch, when there is one and no gradient flows to it."""
+        if isinstance(sigma, torch.Tensor) and (sigma.requires_grad or not inspectable(sigma)):
+            return None
+        if not inspectable(x):
+            return None
+        grid, multi = normalize_sigma(sigma, x.shape[0], x.device, torch.float64)  # validates
+        if multi or grid.numel() == 0 or not bool((grid == grid[0, 0]).all()):
+            return None
+        return float(grid[0, 0])
+
+    def _operator_key(self, level: float, precision: str | None):
+        versions = tuple((t.data_ptr(), t._version) for t in (self.eigvecs, self.eigvals, self.lam_rest))
+        return level, precision, self.eigvecs.dtype, str(self.eigvecs.device), versions
+
+    def _operator_pays(self, batch: int, level: float, precision: str | None) -> bool:
+        """Fewer flops with the operator, its build included? A function of (B, d, r) alone, so
+        that the same call gives the same bits whatever was cached before (the cache only
+        saves the build's time)."""
+        d, r = self.dim, self.rank
+        if 4 * d * d > self.operator_cache_bytes:
+            return False
+        return 2 * batch * d * d + 2 * d * d * r < 4 * batch * d * r
+
+    def _operator(self, level: float, precision: str | None) -> torch.Tensor:
+        key = self._operator_key(level, precision)
+        if key in self._operators:
+            self._operators.move_to_end(key)
+            return self._operators[key]
+        u = self.eigvecs.to(torch.float64)
+        base = gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64))
+        weight = gt.shrink(self.eigvals.to(torch.float64), torch.tensor(level, dtype=torch.float64)) - base
+        dtype = torch.bfloat16 if (precision == "bf16" or self.eigvecs.dtype == torch.bfloat16) else self.mean.dtype
+        operator = ((u * weight) @ u.T).to(dtype)  # float64 buffers keep a float64 operator
+        self._operators[key] = operator
+        while sum(w.numel() * w.element_size() for w in self._operators.values()) > self.operator_cache_bytes:
+            self._operators.popitem(last=False)
+        return operator
+
+    def _operator_route(self, x: torch.Tensor, level: float, output: str, precision: str | None) -> torch.Tensor:
+        if output not in gt.OUTPUTS:
+            raise ValueError(f"output: expected one of {', '.join(gt.OUTPUTS)}, got {output!r}")
+        if precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if output != "denoised" and level == 0:
+            raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
+        flat = flatten_batch(x, "x")
+        check_finite(flat, "x")
+        operator = self._operator(level, precision)
+        dtype = torch.promote_types(flat.dtype, self.mean.dtype)
+        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        centred = flat.to(dtype) - self.mean.to(dtype)
+        base = float(gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64)))
+        # No torch.backends flag is ever written (other threads would see it). On CUDA, torch's fp32
+        # matmul follows the user's allow_tf32, so exact fp32 products are taken in float64 (which has
+        # no TF32 mode); precision="tf32" uses torch's fp32 matmul as the user configured it (tensor
+        # cores when allow_tf32 is on, exact otherwise: either way within the tf32 error bound).
+        if operator.is_cuda and operator.dtype == torch.float32 and precision != "tf32":
+            product = (centred.to(torch.float64) @ operator.to(torch.float64)).to(dtype)
+        else:
+            product = (centred.to(operator.dtype) @ operator).to(dtype)
+        moved = (base - 1) * centred + product
+        out = gt.moved_to_output(moved, flat.to(moved.dtype), torch.tensor(level, dtype=moved.dtype), output)
+        return out.reshape(x.shape).to(x.dtype)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x) -> torch.Tensor:
+        x = as_float(as_tensor(x, "x"))
+        d = math.prod(x.shape[1:]) if x.dim() >= 2 else None
+        if x.dim() < 2 or d != self.dim:
+            raise ValueError(f"x: expected [B, *feature_shape] with {self.dim} features (feature shape "
+                             f"{self.feature_shape}), got shape {tuple(x.shape)}")
+        return x.to(self.mean.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._operators.clear()  # cached operators belong to the old device / dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def get_extra_state(self):
+        return {"feature_shape": self.feature_shape}
+
+    def set_extra_state(self, state):
+        self.feature_shape = tuple(state["feature_shape"])
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, rank={self.rank}, feature_shape={self.feature_shape}, "
+                f"lam_rest={float(self.lam_rest):.4g}, eigvec_dtype={self.eigvecs.dtype}")

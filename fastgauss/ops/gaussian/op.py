@@ -1,0 +1,241 @@
+"""``gaussian_denoise``: the Gaussian (Wiener) denoiser in the eigenbasis, differentiable."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _torch as gt
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core.backend import backend_for
+
+PRECISIONS = ("ieee", "tf32", "bf16")
+OUTPUTS = gt.OUTPUTS
+
+
+def _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
+    from ...kernels.gaussian import denoise
+
+    f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
+    u = eigvecs.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
+    return denoise(f32(x), f32(mean), u, f32(lam), f32(sigma), f32(lam_rest.reshape(1)),
+                   output=output, precision=precision)
+
+
+def _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision) -> torch.Tensor:
+    """[T, B, d] in x's dtype, on the backend that suits the inputs."""
+    kernel_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16) and eigvecs.dtype != torch.float64
+    if kernel_ok and backend_for(x) == "triton":
+        return _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision).to(x.dtype)
+    dtype = torch.promote_types(x.dtype, eigvecs.dtype)
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    cast = lambda t: t.to(dtype)  # noqa: E731
+    out = gt.denoise(cast(x), cast(sigma), cast(mean), cast(eigvecs), cast(lam), cast(lam_rest), output)
+    return out.to(x.dtype)
+
+
+class _GaussianDenoise(torch.autograd.Function):
+    """x: [B, d], sigma: [B, T] -> [T, B, d]. Differentiable in x and sigma (not in the Gaussian)."""
+
+    @staticmethod
+    def forward(x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
+        return _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision)
+
+    @staticmethod
+    def setup_context(ctx, inputs, result):
+        x, sigma, mean, eigvecs, lam, lam_rest, output, precision = inputs
+        ctx.output = output
+        ctx.save_for_backward(x, sigma, mean, eigvecs, lam, lam_rest, result)
+        ctx.save_for_forward(x, sigma, mean, eigvecs, lam, lam_rest, result)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, sigma, mean, eigvecs, lam, lam_rest, result = ctx.saved_tensors
+        p = _promoted(x, eigvecs)
+        grad_x = grad_sigma = None
+        if ctx.needs_input_grad[0]:
+            # Every Jacobian here is symmetric in x: J^T g = J g, summed over the levels.
+            jg = gt.jacobian_product(p(grad), p(x), p(sigma), p(eigvecs), p(lam), p(lam_rest), ctx.output)
+            grad_x = jg.sum(0).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            ds = gt.sigma_derivative(p(x), p(sigma), p(mean), p(eigvecs), p(lam), p(lam_rest), ctx.output,
+                                     p(_moved(result, x, ctx.output, sigma)))
+            grad_sigma = (p(grad) * ds).sum(-1).T.to(sigma.dtype)
+        return grad_x, grad_sigma, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_t, sigma_t, *_):
+        x, sigma, mean, eigvecs, lam, lam_rest, result = ctx.saved_tensors
+        p = _promoted(x, eigvecs)
+        tangent = torch.zeros_like(p(result))
+        if x_t is not None:
+            tangent = tangent + gt.jacobian_product(p(x_t), p(x), p(sigma), p(eigvecs), p(lam), p(lam_rest),
+                                                    ctx.output)
+        if sigma_t is not None:
+            ds = gt.sigma_derivative(p(x), p(sigma), p(mean), p(eigvecs), p(lam), p(lam_rest), ctx.output,
+                                     p(_moved(result, x, ctx.output, sigma)))
+            tangent = tangent + ds * p(sigma_t).T[..., None]
+        return tangent.to(result.dtype)
+
+    @staticmethod
+    def vmap(info, in_dims, x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
+        if any(dim is not None for dim in in_dims[2:6]):
+            raise NotImplementedError("gaussian_denoise: vmap over the Gaussian's mean, eigenvectors or "
+                                      "eigenvalues is not supported; vmap over x and sigma is")
+        size = info.batch_size
+        x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x.expand(size, *x.shape)
+        sigma = sigma.movedim(in_dims[1], 0) if in_dims[1] is not None else sigma.expand(size, *sigma.shape)
+        n, d = x.shape[1:]
+        out = _GaussianDenoise.apply(x.reshape(size * n, d), sigma.reshape(size * n, -1), mean, eigvecs, lam,
+                                     lam_rest, output, precision)
+        return out.reshape(out.shape[0], size, n, d), 1
+
+
+def _promoted(x, eigvecs):
+    dtype = torch.promote_types(x.dtype, eigvecs.dtype)
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return lambda t: t.to(dtype)
+
+
+def _moved(result, x, output, sigma):
+    """Recover D - x ([T, B, d]) from the forward result."""
+    if output == "denoised":
+        return result - x
+    s_tb = sigma.T[..., None]
+    return result * s_tb**2 if output == "score" else -result * s_tb
+
+
+def _needs_autograd(x: torch.Tensor, sigma: torch.Tensor) -> bool:
+    """Whether a gradient, a forward-mode tangent or a torch.func transform can reach the op."""
+    if not (inspectable(x) and inspectable(sigma)):
+        return True
+    if torch.is_grad_enabled() and (x.requires_grad or sigma.requires_grad):
+        return True
+    from torch.autograd.forward_ad import unpack_dual
+
+    return unpack_dual(x).tangent is not None or unpack_dual(sigma).tangent is not None
+
+
+def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor, bool]:
+    """sigma as [B, T] and whether the caller asked for several levels (a 2-D sigma).
+
+    Accepts a float, a 0-d tensor, B values (one per sample), or a 2-D [B, T] / [1, T] grid.
+    Raises ValueError for negative or non-finite values and shapes that fit none of these.
+    """
+    s = as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(float(sigma), dtype=torch.float64)
+    s = as_float(s).to(device=device, dtype=dtype)
+    if s.dim() == 0:
+        grid, multi = s.expand(batch, 1), False
+    elif s.dim() == 1 and s.shape[0] in (batch, 1):
+        grid, multi = s[:, None].expand(batch, 1), False
+    elif s.dim() == 2 and s.shape[0] in (batch, 1):
+        grid, multi = s.expand(batch, s.shape[1]), True
+    else:
+        raise ValueError(f"sigma: expected a float, a 0-d tensor, {batch} values (one per sample) or a "
+                         f"[{batch}, T] / [1, T] grid of levels, got shape {tuple(s.shape)}")
+    if grid.numel() and inspectable(grid):
+        if not torch.isfinite(grid).all():
+            raise ValueError("sigma: must be finite (got NaN or inf)")
+        if (grid < 0).any():
+            raise ValueError(f"sigma: must be >= 0, got minimum {grid.min().item():g}")
+    return grid.contiguous(), multi
+
+
+def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0, output: str = "denoised",
+                     precision: str | None = None) -> torch.Tensor:
+    """Optimal denoiser of N(mean, U diag(eigvals) U^T): mean + U diag(w) U^T (x - mean).
+
+    x: [B, *feature_shape] (d features); mean: [d] (or feature_shape); eigvecs U: [d, r]
+    orthonormal columns; eigvals: [r] >= 0; w_k = eigvals_k / (eigvals_k + sigma_b^2).
+    sigma: a float, a 0-d tensor, [B] (per sample), or [B, T] / [1, T] for T levels at once
+      (one projection for all of them). >= 0; at 0 a direction with eigenvalue 0 maps to mean.
+    remainder: eigenvalue given to the d - r directions outside span(U) (0: they map to mean).
+    output: "denoised" (D), "score" ((D - x) / sigma^2) or "eps" ((x - D) / sigma); the last
+      two need sigma > 0.
+    precision: CUDA kernel product mode, "ieee" (exact fp32; default), "tf32" or "bf16"
+      (eigenvectors and operands in bf16, fp32 accumulation; default when eigvecs is bf16).
+    Returns [B, *feature_shape], or [T, B, *feature_shape] for a 2-D sigma. Differentiable in
+    x and sigma (backward, torch.func.jvp, vmap, jacrev).
+
+    Example:
+        >>> import torch, fastgauss
+        >>> U = torch.linalg.qr(torch.randn(16, 4))[0]
+        >>> x = torch.randn(8, 16)
+        >>> fastgauss.gaussian_denoise(x, 0.5, torch.zeros(16), U, torch.ones(4)).shape
+        torch.Size([8, 16])
+    """
+    x = as_float(as_tensor(x, "x"))
+    d = flatten_batch(x, "x").shape[1]
+    mean, eigvecs, eigvals = (as_float(as_tensor(t, name)).to(x.device) for t, name in
+                              ((mean, "mean"), (eigvecs, "eigvecs"), (eigvals, "eigvals")))
+    validate_gaussian(mean, eigvecs, eigvals, d)
+    eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
+    if not (math.isfinite(remainder) and remainder >= 0):
+        raise ValueError(f"remainder: expected an eigenvalue >= 0, got {remainder!r}")
+    lam_rest = torch.tensor(float(remainder), dtype=eigvals.dtype, device=x.device)
+    return denoise_validated(x, sigma, mean.reshape(d), eigvecs, eigvals, lam_rest, output=output,
+                             precision=precision)
+
+
+def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, *, output: str = "denoised",
+                      precision: str | None = None) -> torch.Tensor:
+    """``gaussian_denoise`` for callers that validated the Gaussian already (GaussianDenoiser).
+
+    x: float tensor [B, *feature_shape] on the Gaussian's device; mean: [d]; lam_rest: 0-d tensor.
+    Checks x, sigma, output and precision.
+    """
+    flat = flatten_batch(x, "x")
+    if output not in OUTPUTS:
+        raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
+    if precision is None:
+        precision = "bf16" if eigvecs.dtype == torch.bfloat16 else "ieee"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_finite(flat, "x")
+    grid, multi = normalize_sigma(sigma, flat.shape[0], x.device,
+                                  torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if output != "denoised" and grid.numel() and inspectable(grid) and (grid == 0).any():
+        raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
+    if _needs_autograd(flat, grid):
+        out = _GaussianDenoise.apply(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
+    else:  # nothing to differentiate: skip the autograd.Function's bookkeeping
+        out = _compute(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
+    out = out.reshape(out.shape[0], *x.shape)
+    return out if multi else out[0]
+
+
+def validate_gaussian(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int | None = None):
+    """ValueError unless mean: [d], eigvecs: [d, r], eigvals: [r] >= 0 (to rounding), all finite."""
+    d = mean.numel() if d is None else d
+    if mean.numel() != d:
+        raise ValueError(f"mean: has {mean.numel()} features but x has {d}")
+    if eigvecs.dim() != 2 or eigvecs.shape[0] != d:
+        raise ValueError(f"eigvecs: expected shape [{d}, r], got {tuple(eigvecs.shape)}")
+    r = eigvecs.shape[1]
+    if eigvals.shape != (r,):
+        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}], got {tuple(eigvals.shape)}")
+    for name, t in (("mean", mean), ("eigvecs", eigvecs), ("eigvals", eigvals)):
+        check_finite(t, name)
+    if r and eigvals.min() < -1e-6 * max(eigvals.abs().max().item(), 1e-30):
+        raise ValueError(f"eigvals: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
+                         "not a valid covariance")
+    if r:
+        _check_orthonormal(eigvecs)
+
+
+def _check_orthonormal(eigvecs: torch.Tensor) -> None:
+    """ValueError unless U^T U = I to the rounding of U's dtype, tested on two fixed random probes p:
+    |U^T U p - p| <= tol |p| (O(d r), not the r x r Gram; a U^T U != I passes only for p in its
+    eigenvalue-1 space, which fixed Gaussian probes miss almost surely)."""
+    r = eigvecs.shape[1]
+    probes = torch.randn(r, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    probes = probes.to(eigvecs.device)
+    u = eigvecs.to(torch.float64)
+    err = (u.T @ (u @ probes) - probes).norm(dim=0) / probes.norm(dim=0)
+    tol = 3e-2 if eigvecs.element_size() <= 2 else 1e-3
+    worst = float(err.max())
+    if not worst <= tol:
+        raise ValueError(f"eigvecs: columns are not orthonormal (|U^T U p - p| / |p| = {worst:.3g} for a random "
+                         f"p, tolerance {tol:g}); pass the eigenvectors of eigh (or orthonormalize them with "
+                         "torch.linalg.qr)")
