@@ -87,7 +87,8 @@ def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
         for steps in STEPS:
             sig = teleport.clip_schedule(fastgauss.edm_sigmas(steps).tolist(), net)
             for sampler_name, sampler in (("heun", fastgauss.sample_heun), ("euler", fastgauss.sample_euler)):
-                tols = (teleport.DEFAULT_TOL, *TOL_SWEEP) if steps == 18 and sampler_name == "heun" else (teleport.DEFAULT_TOL,)
+                sweep = TOL_SWEEP if steps == 18 and sampler_name == "heun" else ()
+                tols = (teleport.DEFAULT_TOL, *sweep)
                 autos = {tol: teleport.choose_switch(net, g, sig, data=probes, tol=tol, sampler=sampler_name,
                                                      generator=torch.Generator().manual_seed(seed + 2)) for tol in tols}
                 fixed = FIXED_SWITCHES + (EXTRA_SWITCHES if steps == 18 and sampler_name == "heun" else ())
@@ -101,7 +102,8 @@ def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
                     else:
                         kwargs = {} if switch is None else {"gaussian": g, "switch_sigma": switch}
                         started = time.perf_counter()
-                        out, traj = sampler(net, latents, torch.tensor(sig, dtype=torch.float64), return_trajectory=True, **kwargs)
+                        out, traj = sampler(net, latents, torch.tensor(sig, dtype=torch.float64),
+                                            return_trajectory=True, **kwargs)
                         row = done[switch] = _row(name, sampler_name, steps, label, traj["nfe"], out, reference,
                                                   train_set, time.perf_counter() - started)
                     if label is not None and label.startswith("auto"):

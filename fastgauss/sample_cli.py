@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                "tol": args.tol if args.tol is not None else DEFAULT_TOL,
                "switch_sigma": None if jump is None else jump[1], "seed": args.seed,
                "switch_bound": None if choice is None else choice.bound[choice.levels.index(choice.sigma)],
-               "auto_probe_nfe": None if choice is None else len(probes) * sum(1 for s in choice.levels if s > 0) + choice.probe_nfe,
+               "auto_probe_nfe": None if choice is None
+               else len(probes) * sum(1 for s in choice.levels if s > 0) + choice.probe_nfe,
                "seconds": round(time.perf_counter() - started, 2)}
     torch.save({"samples": samples, **summary}, out / "samples.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -248,7 +248,8 @@ def _contracted_mismatch(denoiser, gaussian, data, levels, n, generator):
                  - flatten_batch(_apply(gaussian, x, s, 256), "D").double())
         coeffs = delta @ u
         outside = delta - coeffs @ u.T
-        moved = (coeffs * torch.sqrt(lam / (lam + s**2))).pow(2).sum(1) + lam_rest / (lam_rest + s**2) * outside.pow(2).sum(1)
+        moved = ((coeffs * torch.sqrt(lam / (lam + s**2))).pow(2).sum(1)
+                 + lam_rest / (lam_rest + s**2) * outside.pow(2).sum(1))
         rmse.append(float(delta.pow(2).mean().sqrt()))
         weighted.append(float((moved.mean() / gaussian.dim).sqrt()))
     return rmse, weighted
