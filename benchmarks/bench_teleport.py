@@ -5,14 +5,19 @@ UNet trained by examples/train_diffusers_digits.py when its folder is given), fr
 latents:
   - the reference solution: plain Heun with 256 steps;
   - plain Heun and Euler with n steps, n in STEPS;
-  - the same with teleportation at fixed switch levels and at switch_sigma="auto";
+  - the same with teleportation at fixed switch levels and at switch_sigma="auto" (the default
+    tol at every n, and a sweep of tol at n = 18, which is how DEFAULT_TOL was chosen);
 and for each run its NFE, the RMSE of its samples to the reference, the sliced Wasserstein
 distance of its samples to the training set (a distribution-level measure, beside the value of
-the 256-step reference), the memorization ratio and the GL score.
+the 256-step reference), the memorization ratio and the GL score; then per model and sampler
+the NFE at which the auto curve reaches plain 18-step quality (error, SW2, both).
 
-    python benchmarks/bench_teleport.py [--samples 1000] [--diffusers DIR ...] [--out fastgauss-out/bench-teleport]
+    python benchmarks/bench_teleport.py [--samples 1000] [--checkpoint-dir DIR] [--diffusers DIR ...]
+                                        [--out fastgauss-out/bench-teleport]
 
-Models are trained once (about 2 minutes each on 2 cores) and cached under --out.
+The demo's models are trained once (about 5 minutes each at one thread) and cached under
+--checkpoint-dir (default --out); a diffusers folder is one written by
+examples/train_diffusers_digits.py (its train_data.npy is the training set).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from fastgauss.edm import teleport
 from fastgauss.data import load_dataset
 from fastgauss.edm.train import TrainConfig, Trainer
 
-STEPS = (6, 9, 12, 18)
+STEPS = (6, 9, 12, 15, 18, 21, 24)
 REFERENCE_STEPS = 256
-FIXED_SWITCHES = (10.0, 5.0, 2.0, 1.0)
+FIXED_SWITCHES = (10.0, 5.0)  # at every n; EXTRA_SWITCHES only at n = 18
+EXTRA_SWITCHES = (20.0, 2.0)
+TOL_SWEEP = (0.004, 0.01, 0.015)
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -64,14 +71,10 @@ def demo_models(out: Path, data: torch.Tensor) -> dict:
 
 
 def diffusers_model(folder: str):
-    den = fastgauss.load_denoiser(folder)
-    n = json.loads((Path(folder) / "fastgauss_train.json").read_text())["n"] if \
-        (Path(folder) / "fastgauss_train.json").exists() else None
-    data = load_dataset("digits")
-    if n:
-        from fastgauss.edm.splits import subset
-        data = subset(data, n, seed=0)
-    return den, data
+    """(the folder's denoiser, its exact training images [N, 1, 8, 8] from train_data.npy)."""
+    import numpy as np
+
+    return fastgauss.load_denoiser(folder), torch.from_numpy(np.load(Path(folder) / "train_data.npy")).float()
 
 
 def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
@@ -82,26 +85,51 @@ def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
         reference = fastgauss.sample_heun(net, latents, fastgauss.edm_sigmas(REFERENCE_STEPS))
         rows = [_row(name, "heun", REFERENCE_STEPS, None, 2 * REFERENCE_STEPS - 1, reference, reference, train_set, 0.0)]
         for steps in STEPS:
-            sig = fastgauss.edm_sigmas(steps)
-            auto = teleport.auto_switch_sigma(net, g, sig.tolist(), data=probes)
+            sig = teleport.clip_schedule(fastgauss.edm_sigmas(steps).tolist(), net)
             for sampler_name, sampler in (("heun", fastgauss.sample_heun), ("euler", fastgauss.sample_euler)):
-                for switch in (None, *FIXED_SWITCHES, "auto"):
-                    kwargs = {} if switch is None else {"gaussian": g, "switch_sigma": auto if switch == "auto" else switch}
-                    started = time.perf_counter()
-                    out, traj = sampler(net, latents, sig, return_trajectory=True, **kwargs)
-                    rows.append(_row(name, sampler_name, steps, switch if switch != "auto" else f"auto={auto:.3g}",
-                                     traj["nfe"], out, reference, train_set, time.perf_counter() - started))
+                sweep = TOL_SWEEP if steps == 18 and sampler_name == "heun" else ()
+                tols = (teleport.DEFAULT_TOL, *sweep)
+                autos = {tol: teleport.choose_switch(net, g, sig, data=probes, tol=tol, sampler=sampler_name,
+                                                     generator=torch.Generator().manual_seed(seed + 2)) for tol in tols}
+                fixed = FIXED_SWITCHES + (EXTRA_SWITCHES if steps == 18 and sampler_name == "heun" else ())
+                runs = [(None, None)] + [(f"{s:g}", s) for s in fixed if s < sig[0]]
+                runs += [(f"auto tol={tol:g}: {c.sigma:.3g}" + (" (default)" if tol == teleport.DEFAULT_TOL else ""),
+                          c.sigma) for tol, c in autos.items()]
+                done = {}  # switch level -> row: a level chosen twice is sampled once
+                for label, switch in runs:
+                    if switch in done:
+                        row = {**done[switch], "switch": label}
+                    else:
+                        kwargs = {} if switch is None else {"gaussian": g, "switch_sigma": switch}
+                        started = time.perf_counter()
+                        out, traj = sampler(net, latents, torch.tensor(sig, dtype=torch.float64),
+                                            return_trajectory=True, **kwargs)
+                        row = done[switch] = _row(name, sampler_name, steps, label, traj["nfe"], out, reference,
+                                                  train_set, time.perf_counter() - started)
+                    if label is not None and label.startswith("auto"):
+                        choice = next(c for c in autos.values() if c.sigma == switch)
+                        row["bound"] = choice.bound[choice.levels.index(choice.sigma)]
+                        row["auto_default"] = label.endswith("(default)")
+                        # network calls of the choice itself (all probes): the mismatch, then the end-point check
+                        row["probe_nfe"] = probes.shape[0] * sum(1 for s in sig if s > 0) + choice.probe_nfe
+                        row["checked"] = {f"{k:.4g}": v for k, v in (choice.checked or {}).items()}
+                    rows.append(row)
     return rows
 
 
 def rmse_by_level(name, net, train_set, steps: int = 18, seed: int = 0) -> str:
-    """The network's RMSE to the Gaussian at each level of the schedule (what switch_sigma="auto" reads)."""
+    """Per level of the (clipped) n-step schedule: the network's RMSE to the Gaussian and the bound
+    E(s) on the end-point change of a jump to that level (what switch_sigma="auto" reads)."""
     g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(train_set))
     probes = train_set[torch.randperm(train_set.shape[0], generator=torch.Generator().manual_seed(seed + 1))[:64]]
-    sig = fastgauss.edm_sigmas(steps)[:-1]
+    sig = teleport.clip_schedule(fastgauss.edm_sigmas(steps).tolist(), net)
     with torch.no_grad():
-        t = fastgauss.denoiser_rmse(net, g, probes, sig, n=probes.shape[0], generator=torch.Generator().manual_seed(seed))
-    return f"| {name} | " + " | ".join(f"{v:.3f}" for v in t.value.tolist()) + " |", sig
+        c = teleport.choose_switch(net, g, sig, data=probes, generator=torch.Generator().manual_seed(seed))
+    return "\n".join([f"| {name}: sigma | " + " | ".join(f"{s:.3g}" for s in c.levels) + " |",
+                      "|" + "---|" * (len(c.levels) + 1),
+                      "| RMSE to the Gaussian | " + " | ".join(f"{v:.3f}" for v in c.rmse) + " | - |",
+                      "| bound E(s) on the jump's end-point change | " + " | ".join(f"{v:.4f}" for v in c.bound) + " |",
+                      f"(auto, tol = {teleport.DEFAULT_TOL:g}: switch at {c.sigma:.3g})"])
 
 
 def _row(model, sampler, steps, switch, nfe, samples, reference, train_set, seconds) -> dict:
@@ -113,25 +141,46 @@ def _row(model, sampler, steps, switch, nfe, samples, reference, train_set, seco
             "gl_score": fastgauss.gl_score(samples, train_set), "seconds": seconds}
 
 
+def nfe_to_reach(curve: list[dict], key: str, target: float):
+    """Fewest NFE at which a curve (runs sorted by NFE) reaches ``key`` <= target, interpolated
+    linearly in NFE and log(key) between its neighbouring runs; None if it never does."""
+    for before, run in zip([None] + curve[:-1], curve):
+        if run[key] <= target:
+            if before is None or before[key] <= target:
+                return float(run["nfe"])
+            t = math.log(before[key] / target) / math.log(before[key] / run[key])
+            return before["nfe"] + t * (run["nfe"] - before["nfe"])
+    return None
+
+
 def saved_at_equal_quality(rows: list[dict]) -> list[str]:
-    """Per model and sampler: the fewest NFE of a teleported run whose error and distribution measure
-    are at most those of plain sampling at the EDM default of 18 steps."""
+    """Per model and sampler, against plain sampling at the EDM default of 18 steps: what auto
+    (default tol) chooses there, the NFE its curve over n needs to reach that error, that SW2, and
+    the fewest NFE of any teleported run at most as bad in both."""
     lines = []
-    for model in sorted({r["model"] for r in rows}):
+    for model in dict.fromkeys(r["model"] for r in rows):
         for sampler in ("heun", "euler"):
-            plain = [r for r in rows if r["model"] == model and r["sampler"] == sampler and r["switch"] is None
-                     and r["steps"] == 18]
-            if not plain:
+            mine = [r for r in rows if r["model"] == model and r["sampler"] == sampler and r["steps"] in STEPS]
+            plain = next((r for r in mine if r["switch"] is None and r["steps"] == 18), None)
+            if plain is None:
                 continue
-            p = plain[0]
-            better = [r for r in rows if r["model"] == model and r["sampler"] == sampler and r["switch"] is not None
-                      and r["steps"] in STEPS and r["rmse_to_ref"] <= p["rmse_to_ref"] and r["sw_to_data"] <= p["sw_to_data"]]
-            if better:
-                best = min(better, key=lambda r: r["nfe"])
-                lines.append(f"{model} {sampler}: {best['nfe']} NFE ({best['steps']} steps, switch {best['switch']}) "
-                             f"vs {p['nfe']} plain: {1 - best['nfe'] / p['nfe']:.0%} fewer")
+            auto = sorted((r for r in mine if r.get("auto_default")), key=lambda r: r["nfe"])
+            a18 = next(r for r in auto if r["steps"] == 18)
+            lines.append(f"{model} {sampler}, plain 18 steps: {plain['nfe']} NFE, error {plain['rmse_to_ref']:.4f}, "
+                         f"SW2 {plain['sw_to_data']:.4f}; auto at 18 steps: {a18['switch']}, {a18['nfe']} NFE, "
+                         f"error {a18['rmse_to_ref']:.4f}, SW2 {a18['sw_to_data']:.4f}, bound {a18['bound']:.4f}")
+            for key, what in (("rmse_to_ref", "error"), ("sw_to_data", "SW2")):
+                nfe = nfe_to_reach(auto, key, plain[key])
+                lines.append(f"  auto curve at equal {what}: " + ("never reached" if nfe is None else
+                             f"{nfe:.1f} NFE ({1 - nfe / plain['nfe']:.0%} fewer)"))
+            both = [r for r in mine if r["switch"] is not None and r["rmse_to_ref"] <= plain["rmse_to_ref"]
+                    and r["sw_to_data"] <= plain["sw_to_data"]]
+            if both:
+                best = min(both, key=lambda r: r["nfe"])
+                lines.append(f"  fewest NFE of a teleported run at most as bad in both: {best['nfe']} ({best['steps']} "
+                             f"steps, switch {best['switch']}): {1 - best['nfe'] / plain['nfe']:.0%} fewer")
             else:
-                lines.append(f"{model} {sampler}: no teleported run matched plain {p['nfe']}-NFE quality")
+                lines.append("  no teleported run at most as bad in both")
     return lines
 
 
@@ -150,23 +199,28 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--diffusers", nargs="*", default=[], help="diffusers folders written by the example")
     parser.add_argument("--out", default="fastgauss-out/bench-teleport")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="where the demo's models are cached (DIR/generalizing/checkpoint.pt, ...; default --out)")
+    parser.add_argument("--only", nargs="*", default=None, help="model names to run (generalizing, memorizing, "
+                        "diffusers:FOLDERNAME); default all")
     parser.add_argument("--levels-only", action="store_true", help="only the per-level RMSE to the Gaussian")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset("digits")
     rows, levels = [], []
-    models = dict(demo_models(out, data))
+    models = dict(demo_models(Path(args.checkpoint_dir) if args.checkpoint_dir else out, data))
     for folder in args.diffusers:
         models[f"diffusers:{Path(folder).name}"] = diffusers_model(folder)
     for name, (net, train_set) in models.items():
-        line, sig = rmse_by_level(name, net, train_set)
-        levels.append(line)
+        if args.only is not None and name not in args.only:
+            continue
+        levels.append(rmse_by_level(name, net, train_set))
         if not args.levels_only:
             rows += evaluate(name, net, train_set, args.samples)
+            (out / "teleport.json").write_text(json.dumps(rows, indent=2))  # partial results survive
     (out / "teleport.json").write_text(json.dumps(rows, indent=2))
-    head = "| RMSE to the Gaussian at sigma = | " + " | ".join(f"{s:.3g}" for s in sig.tolist()) + " |"
-    level_table = "\n".join([head, "|" + "---|" * (sig.numel() + 1), *levels])
+    level_table = "\n\n".join(levels)
     report = level_table + "\n\n" + table(rows) + "\n\n" + "\n".join(saved_at_equal_quality(rows))
     (out / "teleport.md").write_text(report + "\n")
     print(report)

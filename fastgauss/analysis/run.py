@@ -25,7 +25,7 @@ import torch
 
 from .._core.arrays import as_float, as_tensor, inspectable
 from ..data import dataset_names, load_dataset
-from ..diagnostics.linearity import check_sigmas
+from ..diagnostics.protocol import check_sigmas
 from ..edm.sampling import edm_sigmas
 from .measure import DEFAULT_SIGMAS, SAMPLE_SETS, measure, probe
 from .report import markdown, timing_summary, verdict_dict, verdict_of, write_figures

@@ -46,7 +46,8 @@ def add_parser(commands) -> None:
     p.add_argument("--teleport", type=teleport_level, default="auto",
                    help="switch level sigma_s of the Gaussian jump: auto (measured), none, or a level")
     p.add_argument("--tol", type=positive_float, default=None,
-                   help="auto: RMSE to the Gaussian allowed at every level jumped over (default: teleport.DEFAULT_TOL)")
+                   help="auto: how far the jump may move the samples, RMSE per feature in data units "
+                        "(default: teleport.DEFAULT_TOL)")
     p.add_argument("--trust-code", action="store_true", help="allow EDM pickles, which run their own code")
     p.add_argument("--cache-dir", default=None, help="where the data's statistics are cached (default: beside --out)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per network call")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import UsageError, load_data, say
     from ..models import load_denoiser
     from ..edm.sampling import edm_sigmas
-    from ..edm.teleport import DEFAULT_TOL
+    from ..edm.teleport import DEFAULT_TOL, choose_switch, clip_schedule
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -84,16 +85,20 @@ def run(args: argparse.Namespace) -> int:
     latents = latents.to(args.device)
     sigmas = edm_sigmas(args.sampling_steps)
     sampler = sample_heun if args.sampler == "heun" else sample_euler
-    kwargs = {}
+    kwargs, choice, probes = {}, None, None
     if args.teleport is not None:
+        kwargs = {"gaussian": gaussian, "switch_sigma": args.teleport}
+    if args.teleport == "auto":  # measured once, before sampling: the same level for every batch
         probes = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(args.seed + 1))[:64]]
-        kwargs = {"gaussian": gaussian, "switch_sigma": args.teleport, "data": probes.to(args.device), "tol": args.tol}
+        with torch.no_grad():
+            choice = choose_switch(model, gaussian, clip_schedule(sigmas.tolist(), model), data=probes.to(args.device),
+                                   tol=args.tol, sampler=args.sampler,
+                                   generator=torch.Generator().manual_seed(args.seed + 2))
+        kwargs["switch_sigma"] = choice.sigma
     chunks, nfe, jump = [], 0, None
     with torch.no_grad():
         for part in latents.split(args.batch_size):
             samples, traj = sampler(model, part, sigmas, return_trajectory=True, progress=not args.quiet, **kwargs)
-            if kwargs.get("switch_sigma") == "auto":  # measured once: the same level for every batch
-                kwargs = {"gaussian": gaussian, "switch_sigma": traj["jump"][1]} if "jump" in traj else {}
             chunks.append(samples.cpu())
             nfe, jump = traj["nfe"], traj.get("jump", jump)
     samples = torch.cat(chunks)
@@ -104,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
                "teleport": args.teleport if args.teleport is not None else "none",
                "tol": args.tol if args.tol is not None else DEFAULT_TOL,
                "switch_sigma": None if jump is None else jump[1], "seed": args.seed,
+               "switch_bound": None if choice is None else choice.bound[choice.levels.index(choice.sigma)],
+               "auto_probe_nfe": None if choice is None
+               else len(probes) * sum(1 for s in choice.levels if s > 0) + choice.probe_nfe,
                "seconds": round(time.perf_counter() - started, 2)}
     torch.save({"samples": samples, **summary}, out / "samples.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -9,7 +9,7 @@ from torch import nn
 
 from .._core.arrays import flatten_batch
 from ..ops.gaussian.module import GaussianDenoiser
-from .linearity import _apply, _rows, check_sigmas
+from .protocol import apply_batched, check_sigmas, data_rows
 from ..ops.moments.op import Moments
 
 
@@ -98,7 +98,7 @@ def _noisy_batches(data: torch.Tensor, sigma: float, draws: int, batch_size: int
 def _closed_form(denoiser, data, sigma, ridge, draws, batch_size, generator):
     pairs, outputs = Moments(), Moments()
     for x in _noisy_batches(data, sigma, draws, batch_size, generator):
-        z = _apply(denoiser, x, sigma, batch_size)
+        z = apply_batched(denoiser, x, sigma, batch_size)
         pairs.update(x, z)
         outputs.update(z)
     c_xx, c_zx = pairs.covariance(), pairs.cross_covariance()
@@ -120,7 +120,7 @@ def _adam(denoiser, data, sigma, epochs, lr, batch_size, generator):
     opt = torch.optim.Adam([weight, bias], lr=lr)
     for _ in range(epochs):
         for x in _noisy_batches(data, sigma, 1, batch_size, generator):
-            z = flatten_batch(_apply(denoiser, x, sigma, batch_size), "D").double()
+            z = flatten_batch(apply_batched(denoiser, x, sigma, batch_size), "D").double()
             xf = flatten_batch(x, "x").double()
             loss = ((xf @ weight.T + bias - z) ** 2).sum(1).mean()
             opt.zero_grad()
@@ -149,7 +149,7 @@ def distill_linear(denoiser, data, sigmas, *, method: str = "closed", ridge: flo
         >>> bool((fit.report.gaussian_distance < 1e-4).all()), tuple(fit(data[:3], 0.5).shape)
         (True, (3, 1, 4, 4))
     """
-    data = _rows(data, "data")
+    data = data_rows(data, "data")
     grid = check_sigmas(sigmas)
     if method not in ("closed", "adam"):
         raise ValueError(f"method: expected 'closed' or 'adam', got {method!r}")

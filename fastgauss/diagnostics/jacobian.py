@@ -7,7 +7,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.arrays import as_float, as_tensor
 from .tangent_rules import cheaper_tangents
-from .jvp import RULE_MIN_ELEMENTS, check_output
+from .jvp import RULE_MIN_ELEMENTS
+from .protocol import check_output
 
 
 def _orthonormal(columns: torch.Tensor) -> torch.Tensor:

@@ -6,28 +6,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.arrays import as_float, as_tensor
+from .protocol import check_output, sigma_text
 from .tangent_rules import cheaper_tangents
 
 # Tangents ([K, B, ...] elements) from which the cheaper rules for convolutions, SiLU,
 # normalization and attention pay for their ~0.7 ms per call of bookkeeping on CPU:
 # measured 2.4x faster on a width-64 UNet at 3x32x32 (K=16, B=8), slower on 16x16 images.
 RULE_MIN_ELEMENTS = 1 << 22
-
-
-def _sigma_text(sigma) -> str:
-    if isinstance(sigma, torch.Tensor) and sigma.numel() > 1:
-        return f"{float(sigma.min()):g}..{float(sigma.max()):g}"
-    return f"{float(sigma):g}"
-
-
-def check_output(out: torch.Tensor, x: torch.Tensor, sigma, what: str = "denoiser") -> torch.Tensor:
-    """The protocol's promises: the shape of x and finite values; a ValueError naming sigma otherwise."""
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{what}: returned {shape} for input {tuple(x.shape)} at sigma={_sigma_text(sigma)}")
-    if not torch._C._functorch.is_functorch_wrapped_tensor(out) and not torch.isfinite(out).all():
-        raise ValueError(f"{what}: returned non-finite values at sigma={_sigma_text(sigma)}")
-    return out
 
 
 def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,5 +65,5 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     jv = torch.cat(parts)
     check_output(denoised, x, sigma)
     if not torch.isfinite(jv).all():
-        raise ValueError(f"denoiser: its Jacobian-vector products are not finite at sigma={_sigma_text(sigma)}")
+        raise ValueError(f"denoiser: its Jacobian-vector products are not finite at sigma={sigma_text(sigma)}")
     return denoised, (jv if probes else jv[0])

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._core.arrays import as_float, as_tensor, flatten_batch
-from .jvp import check_output
+from .._core.arrays import flatten_batch
+from .protocol import apply_batched, check_sigmas, data_rows
 
 
 @dataclass
@@ -30,35 +30,6 @@ class SigmaTable:
         return "\n".join(lines)
 
 
-def check_sigmas(sigmas) -> torch.Tensor:
-    """A non-empty 1-D grid of noise levels, all > 0 and finite, as float64 on the CPU."""
-    if isinstance(sigmas, (int, float, list, tuple)):
-        s = torch.tensor(sigmas, dtype=torch.float64)
-    else:
-        s = as_float(as_tensor(sigmas, "sigmas"))
-    s = s.reshape(-1).to("cpu", torch.float64)
-    if s.numel() == 0:
-        raise ValueError("sigmas: the grid of noise levels is empty")
-    if not torch.isfinite(s).all() or (s <= 0).any():
-        raise ValueError(f"sigmas: every level must be finite and > 0, got {s.tolist()}")
-    return s
-
-
-def _apply(denoiser, x: torch.Tensor, sigma: float, batch_size: int) -> torch.Tensor:
-    """The denoiser on x in batches, at one level (passed as [b] values), checked."""
-    outs = []
-    for part in x.split(batch_size):
-        s = torch.full((part.shape[0],), sigma, dtype=part.dtype, device=part.device)
-        with torch.no_grad():
-            outs.append(check_output(denoiser(part, s), part, sigma))
-    return torch.cat(outs)
-
-
-def _rows(data, name: str) -> torch.Tensor:
-    data = as_float(as_tensor(data, name))
-    if data.dim() < 2 or data.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty [N, *feature_shape], got shape {tuple(data.shape)}")
-    return data
 
 
 def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int = 100, metric: str = "cosine",
@@ -80,7 +51,7 @@ def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int
         >>> table.sigmas.tolist(), bool((table.value > 0.99).all())
         ([0.1, 1.0], True)
     """
-    data = _rows(data, "data")
+    data = data_rows(data, "data")
     grid = check_sigmas(sigmas)
     if not (0 < alpha < 1):
         raise ValueError(f"alpha: expected a value in (0, 1), got {alpha!r}")
@@ -95,7 +66,7 @@ def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int
     values, spreads = [], []
     for sigma in grid.tolist():
         x1, x2 = y1 + sigma * eps[0], y2 + sigma * eps[1]
-        out = _apply(denoiser, torch.cat([x1, x2, alpha * x1 + beta * x2]), sigma, batch_size)
+        out = apply_batched(denoiser, torch.cat([x1, x2, alpha * x1 + beta * x2]), sigma, batch_size)
         d1, d2, d_mix = (flatten_batch(t, "D").double() for t in out.split(n_pairs))
         combo = alpha * d1 + beta * d2
         if metric == "cosine":
@@ -127,7 +98,7 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
         >>> tuple(tables["gaussian"].value.shape), bool((tables["gaussian"].value > 0).all())
         ((2,), True)
     """
-    data = _rows(data, "data")
+    data = data_rows(data, "data")
     grid = check_sigmas(sigmas)
     if metric not in ("rmse", "nmse"):
         raise ValueError(f"metric: expected 'rmse' or 'nmse', got {metric!r}")
@@ -141,9 +112,9 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
     spreads = {name: [] for name in others}
     for sigma in grid.tolist():
         x = y + sigma * eps
-        a = flatten_batch(_apply(d1, x, sigma, batch_size), "D").double()
+        a = flatten_batch(apply_batched(d1, x, sigma, batch_size), "D").double()
         for name, other in others.items():
-            gap = (a - flatten_batch(_apply(other, x, sigma, batch_size), "D").double()).norm(dim=1)
+            gap = (a - flatten_batch(apply_batched(other, x, sigma, batch_size), "D").double()).norm(dim=1)
             per_x = gap / math.sqrt(d) if metric == "rmse" else gap / a.norm(dim=1).clamp_min(1e-300)
             values[name].append(per_x.mean())
             spreads[name].append(per_x.std(correction=0))

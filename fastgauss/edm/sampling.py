@@ -74,7 +74,7 @@ class _Trajectory:
         return x, out
 
 
-def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory):
+def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory, sampler):
     """(x at the level the network starts from, the remaining schedule, the trajectory).
 
     Without ``gaussian`` this is x = latents * sigmas[0] and the whole (clipped) schedule. With it
@@ -101,7 +101,8 @@ def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
     if isinstance(switch_sigma, str):
         if switch_sigma != "auto":
             raise ValueError(f"switch_sigma: expected a level >= 0, 'auto' or None, got {switch_sigma!r}")
-        switch_sigma = teleport.auto_switch_sigma(denoiser, gaussian, sig, data=data, report=report, tol=tol)
+        switch_sigma = teleport.auto_switch_sigma(denoiser, gaussian, sig, data=data, report=report, tol=tol,
+                                                  sampler=sampler)
     i = teleport.switch_index(sig, float(switch_sigma))
     if i == 0:
         return x, sig, trajectory
@@ -120,10 +121,14 @@ _TELEPORT_DOC = """
     Teleportation (Wang & Vastola): with ``gaussian=`` a ``GaussianDenoiser`` of the training data
     and ``switch_sigma=`` a level s (or "auto"), the first steps are replaced by the Gaussian's
     exact probability flow from sigmas[0] to the first schedule level <= s, and the network
-    finishes from there (``switch_sigma=0`` is the closed form, no network call). "auto" picks the
-    lowest level s at which the network's RMSE to the Gaussian stays below ``tol`` at every level
-    >= s, measured on ``data=`` (a probe set [N, *feature_shape]) or read from ``report=`` (an
-    ``analyze`` summary or its summary.json); ``tol`` defaults to ``teleport.DEFAULT_TOL``.
+    finishes from there (``switch_sigma=0`` is the closed form, no network call). "auto"
+    (``teleport.choose_switch``) picks the lowest level whose bound on how far the jump moves the
+    final samples (RMSE per feature, data units) is at most ``tol`` (``teleport.DEFAULT_TOL``): the
+    network's mismatch to the Gaussian, measured on ``data=`` (probes [N, *feature_shape]) or read
+    from ``report=`` (an ``analyze`` summary or its summary.json), weighted by how much of it the
+    flow below carries to the end; then checks that level on 32 probe latents (median error to
+    Heun with halved steps, teleported against plain), moving up while the jump costs more than
+    ``tol`` of error.
     A denoiser with ``sigma_min`` / ``sigma_max`` attributes (the model adapters) gets its
     schedule clamped into that range (repeated levels dropped, the final 0 kept).
 """
@@ -138,7 +143,8 @@ def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None,
     (samples, {"x": [m + 1, B, ...], "denoised": [m, B, ...], "sigma": [m + 1], "nfe": int,
     "jump": (sigma_from, sigma_to) when teleported}), m the number of steps taken.
     """
-    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
+                                return_trajectory, "euler")
     nfe = 0
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="euler", disable=not progress):
         denoised = _call(denoiser, x, t_cur)
@@ -159,7 +165,8 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
     Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
     first evaluation).
     """
-    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory)
+    x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
+                                return_trajectory, "heun")
     n = len(trajectory.schedule) - 1  # churn's gamma is set by the whole schedule, jumped steps included
     nfe = 0
     for t_cur, t_next in tqdm(list(zip(sig[:-1], sig[1:])), desc="heun", disable=not progress):

@@ -47,6 +47,14 @@ def test_sample_teleports_to_a_given_level_and_saves_network_calls(checkpoint, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["teleport"] == "auto" and summary["tol"] == 10.0
     assert summary["nfe_per_sample"] < summary["nfe_without_teleport"]  # tol = 10: the Gaussian holds everywhere
+    assert summary["switch_bound"] <= 10.0 and summary["auto_probe_nfe"] > 0
+    # a tiny tol: the jump the bound allows is short or none, and what it allows is recorded
+    out = tmp_path / "tight"
+    assert main(["sample", str(checkpoint), "--dataset", "digits", "--samples", "3", "--sampling-steps", "6",
+                 "--teleport", "auto", "--tol", "1e-9", "--device", "cpu", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    tight = json.loads((out / "summary.json").read_text())
+    assert tight["switch_sigma"] is None and tight["nfe_per_sample"] == tight["nfe_without_teleport"]
 
 
 @pytest.mark.parametrize("args,needle", [

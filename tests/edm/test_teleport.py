@@ -92,34 +92,129 @@ class _GaussianAbove(torch.nn.Module):
         return self.gaussian(x, sigma) + low * self.offset
 
 
-def test_auto_switch_picks_the_lowest_level_where_the_network_is_still_gaussian():
+def _probes(den, g, n=64):
+    return den.sample(torch.randn(n, den.dim, generator=g, dtype=torch.float64), fastgauss.edm_sigmas(4))
+
+
+@pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
+def test_auto_with_the_gaussian_as_network_jumps_to_the_closed_form(sampler):
+    den, g = _gaussian(d=6, rank=4, remainder="isotropic")
+    latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    sig = fastgauss.edm_sigmas(12)
+    choice = teleport.choose_switch(den, den, sig.tolist(), data=_probes(den, g, 16), tol=1e-6, probes=4)
+    assert choice.sigma == 0.0 and max(choice.bound) < 1e-12 and choice.checked is not None
+    out, traj = sampler(den, latents, sig, gaussian=den, switch_sigma="auto", data=_probes(den, g, 16), tol=1e-6,
+                        return_trajectory=True)
+    assert traj["nfe"] == 0 and rel_err(out, den.sample(latents, sig)) < 1e-12
+
+
+def test_auto_never_switches_below_where_the_network_leaves_the_gaussian():
     den, g = _gaussian(d=6)
-    data = den.sample(torch.randn(64, 6, generator=g, dtype=torch.float64), fastgauss.edm_sigmas(4))
+    data = _probes(den, g)
     sig = fastgauss.edm_sigmas(18)
-    net = _GaussianAbove(den, level=2.0, offset=0.5)  # RMSE to the Gaussian: 0.5 below sigma 2
+    net = _GaussianAbove(den, level=2.0, offset=0.5)  # the Gaussian above sigma 2, 0.5 off below
     chosen = teleport.auto_switch_sigma(net, den, sig.tolist(), data=data, tol=0.02)
     assert chosen == min(s for s in sig.tolist() if s >= 2.0)
     # The sampler uses it: the network is called only from that level down.
-    calls = []  # the levels of the sampler's own calls (batch 3; the measurement uses the 64 probes)
+    calls = []  # the levels of the sampler's own calls (batch 3; the choice uses 64 and 32 probes)
     spy = lambda x, s: (x.shape[0] == 3 and calls.append(float(s.reshape(-1)[0]))) or net(x, s)  # noqa: E731
     fastgauss.sample_euler(spy, torch.randn(3, 6, generator=g, dtype=torch.float64), sig, gaussian=den,
                            switch_sigma="auto", data=data, tol=0.02)
     assert max(calls) == pytest.approx(chosen)
-    # Where the network is never the Gaussian, auto does not jump at all.
-    far = _GaussianAbove(den, level=1e9, offset=0.5)
+    # Off everywhere by a lot: the end point moves by more than tol from the first level on.
+    far = _GaussianAbove(den, level=1e9, offset=50.0)
     assert teleport.auto_switch_sigma(far, den, sig.tolist(), data=data, tol=0.02) == 80.0
+
+
+class _GaussianBelow(_GaussianAbove):
+    """The Gaussian below ``level``, shifted by ``offset`` at and above it."""
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        high = (sigma >= self.level).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return self.gaussian(x, sigma) + high * self.offset
+
+
+def test_a_mismatch_at_the_top_counts_as_little_as_it_moves_the_samples():
+    # Off by 0.2 above sigma 30 (where EDM's networks differ most from the Gaussian): a rule that
+    # asks the RMSE to be small at every jumped level never jumps; the end point barely moves.
+    den, g = _gaussian(d=6)
+    sig = fastgauss.edm_sigmas(18).tolist()
+    net = _GaussianBelow(den, level=30.0, offset=0.2)
+    choice = teleport.choose_switch(net, den, sig, data=_probes(den, g), tol=0.02)
+    assert choice.rmse[0] == pytest.approx(0.2) and choice.sigma < 1.0
+    err, plain = choice.checked[choice.sigma]
+    assert err <= plain + 0.02
+
+
+def test_the_bound_is_the_end_point_change_for_an_offset_along_the_top_eigenvector():
+    # D = Gaussian + c, c along the top eigenvector: the flow stays linear, every J c is parallel,
+    # so the bound E(s) equals the change of the end point a jump to s makes (up to quadrature).
+    den, g = _gaussian(d=6)
+    c = 0.05 * den.eigvecs[:, 0]
+    net = _GaussianAbove(den, level=1e9, offset=c)
+    sig = fastgauss.edm_sigmas(64).tolist()
+    choice = teleport.choose_switch(net, den, sig, data=_probes(den, g), tol=10.0, probes=0)
+    latents = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    plain = fastgauss.sample_heun(net, latents, torch.tensor(sig, dtype=torch.float64))
+    for i in (8, 24, 40):
+        jumped = fastgauss.sample_heun(net, latents, torch.tensor(sig, dtype=torch.float64), gaussian=den,
+                                       switch_sigma=sig[i])
+        moved = float((jumped - plain).pow(2).mean(1).sqrt().mean())
+        assert moved == pytest.approx(choice.bound[i], rel=0.03), sig[i]
+
+
+def test_auto_on_a_memorizing_denoiser_stops_above_where_the_gaussian_fails():
+    # The empirical denoiser of 12 points is the Gaussian's at high noise only.
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    den = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(train))
+    emp = fastgauss.EmpiricalDenoiser(train)
+    sig = fastgauss.edm_sigmas(12).tolist()
+    choice = teleport.choose_switch(emp, den, sig, data=train, tol=0.02, probes=8)
+    failing = [s for s, r in zip(sig, choice.rmse) if r > 0.1]  # measured: the Gaussian does not hold there
+    assert failing and choice.sigma > max(failing)
+    err, plain = choice.checked[choice.sigma]
+    assert err <= plain + 0.02
+    latents = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    jumped = fastgauss.sample_heun(emp, latents, torch.tensor(sig, dtype=torch.float64), gaussian=den,
+                                   switch_sigma="auto", data=train, tol=0.02)
+    assert fastgauss.memorization_ratio(jumped, train) == fastgauss.memorization_ratio(
+        fastgauss.sample_heun(emp, latents, torch.tensor(sig, dtype=torch.float64)), train)
+
+
+def test_the_end_point_check_moves_the_jump_up_when_the_bound_is_too_hopeful():
+    # A network whose mismatch grows with sigma fools the first-order bound's contraction...
+    den, g = _gaussian(d=6)
+
+    class Steep(torch.nn.Module):
+        def forward(self, x, sigma):
+            s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)
+            return den(x, sigma) + 0.02 * s * torch.tanh(x - den.mean)  # D's slope off by 0.02 sigma
+
+    sig = fastgauss.edm_sigmas(18).tolist()
+    data = _probes(den, g)
+    hopeful = teleport.choose_switch(Steep(), den, sig, data=data, tol=0.05, probes=0)
+    checked = teleport.choose_switch(Steep(), den, sig, data=data, tol=0.05)
+    assert checked.sigma >= hopeful.sigma
+    for level, (err, plain) in checked.checked.items():
+        assert (err <= plain + 0.05) == (level == checked.sigma)
 
 
 def test_auto_switch_reads_an_analyze_report(tmp_path):
     den, _ = _gaussian(d=4)
     sig = fastgauss.edm_sigmas(18).tolist()
-    report = {"per_sigma": {"sigma": [0.01, 0.1, 1.0, 10.0, 80.0], "rmse_gaussian": [0.3, 0.1, 0.01, 0.005, 0.001]}}
-    chosen = teleport.auto_switch_sigma(None, den, sig, report=report, tol=0.02)
-    assert chosen == min(s for s in sig if s >= 1.0 - 1e-12 and s > 0.5)
+    # The Gaussian down to sigma 1, far from it below: the bound is 0 down to the last level >= 1.
+    report = {"per_sigma": {"sigma": [0.001, 0.5, 1.0, 10.0, 80.0], "rmse_gaussian": [1.0, 1.0, 0.0, 0.0, 0.0]}}
+    choice = teleport.choose_switch(None, den, sig, report=report, tol=0.02)
+    assert choice.sigma == min(s for s in sig if s >= 1.0) and choice.source == "report" and choice.checked is None
     path = tmp_path / "summary.json"
     import json
     path.write_text(json.dumps(report))
-    assert teleport.auto_switch_sigma(None, den, sig, report=str(path), tol=0.02) == chosen
+    assert teleport.auto_switch_sigma(None, den, sig, report=str(path), tol=0.02) == choice.sigma
+    # Never measured at the top of the schedule: not trusted, no jump.
+    top = {"per_sigma": {"sigma": [0.001, 10.0], "rmse_gaussian": [0.0, 0.0]}}
+    assert teleport.auto_switch_sigma(None, den, sig, report=top, tol=0.02) == 80.0
     with pytest.raises(ValueError, match="report"):
         teleport.auto_switch_sigma(None, den, sig, report={"nothing": 1})
 
@@ -160,3 +255,7 @@ def test_bad_teleport_arguments_name_themselves():
         fastgauss.sample_euler(den, latents, sig, gaussian=den, switch_sigma="auto")
     with pytest.raises(ValueError, match="tol"):
         teleport.auto_switch_sigma(den, den, sig.tolist(), data=latents, tol=0)
+    with pytest.raises(ValueError, match="sampler"):
+        teleport.choose_switch(den, den, sig.tolist(), data=latents, sampler="rk4")
+    with pytest.raises(ValueError, match="data.*5 features"):
+        teleport.auto_switch_sigma(den, den, sig.tolist(), data=latents[:, :5])
