@@ -196,26 +196,36 @@ def _reconstruct_kernel(
 
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.
-#: As the JIT builds them at B = 8192, d = r = 3072, 128 x 128 x 32 with 8 warps compiles without
-#: spills in both tensor-core modes (182-195 registers, HGMMA 64x128, Triton 3.9 and 3.6); the
-#: former note that 128 x 128 tiles spill came from a gate build without the JIT's
-#: specialisation. The exact-fp32 "large" tile is 128 x 32 (16 accumulators a thread at 8
-#: warps) with 2 stages: with 3 the reconstruction spilled 8-24 bytes on Triton 3.9 as the JIT
-#: specialises it. BLOCK_K 8 does not compile (tl.dot needs K >= 16).
+#: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible
+#: by 16), 128 x 128 x 32 with 8 warps compiles without spills in both tensor-core modes
+#: (182-195 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
+#: 128 x 128 tiles spill came from a gate build without that specialisation. Unaligned, the
+#: same tile spills (4-byte loads, 255 registers), so it is launched only on aligned operands
+#: and the former 128 x 64 tile serves the rest. The small tensor-core tile takes 8 warps: with
+#: 4 the unaligned projection spilled 128 bytes on sm_80. The exact-fp32 "large" tile is 128 x 32
+#: (16 accumulators a thread at 8 warps) with 2 stages: with 3 the reconstruction spilled 8-24
+#: bytes on Triton 3.9 as the JIT specialises it. BLOCK_K 8 does not compile (tl.dot needs K >= 16).
 CONFIGS = {
     ("fma", "small"): TileConfig(64, 64, 16, 8, 3),
     ("fma", "large"): TileConfig(128, 32, 16, 8, 2),
-    ("mma", "small"): TileConfig(64, 64, 32, 4, 3),
+    ("mma", "small"): TileConfig(64, 64, 32, 8, 3),
     ("mma", "large"): TileConfig(128, 128, 32, 8, 3),
+    ("mma", "large-unaligned"): TileConfig(128, 64, 32, 8, 3),
 }
 #: The tiles before issue 14, launched with ROWS_FASTEST: the A/B baseline of gpu_check only.
 CONFIGS_BEFORE = {**CONFIGS, ("mma", "large"): TileConfig(128, 64, 32, 8, 3)}
 VARIANTS = ("tuned", "before")
 
 
-def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned") -> TileConfig:
-    family = "fma" if precision == "ieee" else "mma"
-    return (CONFIGS if variant == "tuned" else CONFIGS_BEFORE)[(family, _size(rows, cols))]
+def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned", aligned: bool = True) -> TileConfig:
+    return (CONFIGS if variant == "tuned" else CONFIGS_BEFORE)[_key(precision, rows, cols, aligned)]
+
+
+def _key(precision: str, rows: int, cols: int, aligned: bool) -> tuple[str, str]:
+    if precision == "ieee":
+        return "fma", _size(rows, cols)
+    size = _size(rows, cols)
+    return "mma", size if size == "small" or aligned else "large-unaligned"
 
 
 def _size(rows: int, cols: int) -> str:
@@ -241,15 +251,16 @@ class Plan:
 
 
 def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, variant: str = "tuned",
-         centre: bool | None = None) -> Plan:
+         centre: bool | None = None, aligned: bool = True) -> Plan:
     """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
-    shapes. ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
+    shapes (``aligned``: every operand 16-byte aligned, d, r and x's row stride multiples of 16).
+    ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
     the projection is bound by reading x, and the extra pass over x would cost more)."""
     group_m = GROUP_M if variant == "tuned" else ROWS_FASTEST
     launches = []
     for rows, cols in ((n_rows, rank), (n_rows * n_levels, dim)):
-        cfg = choose_config(precision, rows, cols, variant)
+        cfg = choose_config(precision, rows, cols, variant, aligned)
         grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
         launches.append(Launch(cfg, grid, group_m))
     if centre is None:
@@ -309,8 +320,9 @@ def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, pre
     n, d = x.shape
     r = u.shape[1]
     levels = sigma.shape[1]
-    p = plan(precision, n, levels, d, r, variant=variant, centre=centre)
     staged = out if out.is_contiguous() else torch.empty_like(out)
+    aligned = operands_aligned((x, mean, u, u_t, staged), (d, r, x.stride(0)))
+    p = plan(precision, n, levels, d, r, variant=variant, centre=centre, aligned=aligned)
     shrunk = torch.empty((levels, n, r), dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                          device=x.device)
     project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, p.project, centred=p.centred, precision=precision)
@@ -321,6 +333,12 @@ def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, pre
         BLOCK_K=cfg.block_k, GROUP_M=p.reconstruct.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if staged is not out:
         out.copy_(staged)
+
+
+def operands_aligned(tensors, sizes) -> bool:
+    """Whether the JIT will specialise a launch as aligned: every tensor 16-byte aligned and every
+    size a multiple of 16 (what the 128 x 128 tiles need to build without spills)."""
+    return all(t.data_ptr() % 16 == 0 for t in tensors) and all(n % 16 == 0 for n in sizes)
 
 
 def project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, launch: Launch, *, centred: bool, precision: str):
@@ -340,57 +358,15 @@ def _interpreting(t: torch.Tensor) -> bool:
     return t.device.type != "cuda"
 
 
-def _gate_configs():
-    """(label, config, family, variant) of every configuration a launch can use."""
-    for (family, size), cfg in CONFIGS.items():
-        yield size, cfg, family
-    for key, cfg in CONFIGS_BEFORE.items():
-        if CONFIGS[key] != cfg:
-            yield f"before-{key[1]}", cfg, key[0]
-
-
-def _entry_size(precision: str, rows: int, cols: int, variant: str) -> str:
-    size, family = _size(rows, cols), "fma" if precision == "ieee" else "mma"
-    return f"before-{size}" if variant == "before" and CONFIGS_BEFORE[(family, size)] != CONFIGS[(family, size)] else size
-
-
 def gate_entries():
-    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate:
-    every configuration in each precision it serves, with the operand dtypes and centring its
-    launches use."""
-    for size, cfg, family in _gate_configs():
-        for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
-            u_type = "*bf16" if precision == "bf16" else "*fp32"
-            centred = family == "mma" and size.endswith("large")
-            common = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
-                      "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                      "GROUP_M": ROWS_FASTEST if size.startswith("before") else GROUP_M}
-            project_sig = {"x_ptr": u_type if centred else "*fp32", "mean_ptr": "*fp32", "ut_ptr": u_type,
-                           "eigvals_ptr": "*fp32", "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "cs_ptr": u_type,
-                           "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "stride_x": "i32",
-                           "CENTRED": "constexpr", **{k: "constexpr" for k in common}}
-            yield (f"gaussian_project[{size},{precision}]", _project_kernel, project_sig,
-                   {"CENTRED": centred, **common}, cfg.num_warps, cfg.num_stages, precision != "ieee")
-            recon_sig = {"cs_ptr": u_type, "x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type,
-                         "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "out_ptr": "*fp32",
-                         "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "output_mode": "i32",
-                         "stride_x": "i32", **{k: "constexpr" for k in common}}
-            yield (f"gaussian_reconstruct[{size},{precision}]", _reconstruct_kernel, recon_sig, common,
-                   cfg.num_warps, cfg.num_stages, precision != "ieee")
+    """The compile gate's entries: every configuration, see ``_gaussian_gate.entries``."""
+    from ._gaussian_gate import entries
+
+    return entries()
 
 
 def gate_targets(batch: int = 8192):
-    """(entry name, shape label, int args, grid) of both launches at the issue 14 target shapes
-    (B = 8192, d = 3072 and 12 288, r = d and 256, T = 1, x contiguous), from ``plan``; and
-    the former tiles at d = 3072 (the gpu_check A/B)."""
-    shapes = [(d, r, p, "tuned") for d in (3072, 12288) for r in (d, 256) for p in PRECISIONS]
-    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in ("tf32", "bf16")]
-    for d, r, precision, variant in shapes:
-        p = plan(precision, batch, 1, d, r, variant=variant)
-        label = f"B={batch},d={d},r={r}" + ("" if variant == "tuned" else ",before")
-        for kind, launch, rows, cols in (("project", p.project, batch, r), ("reconstruct", p.reconstruct, batch, d)):
-            size = _entry_size(precision, rows, cols, variant)
-            args = {"n_rows": batch, "n_levels": 1, "dim": d, "rank": r, "stride_x": d}
-            if kind == "reconstruct":
-                args["output_mode"] = OUTPUTS["denoised"]
-            yield f"gaussian_{kind}[{size},{precision}]", label, args, launch.grid
+    """The compile gate's target launches (issue 14 shapes), see ``_gaussian_gate.targets``."""
+    from ._gaussian_gate import targets
+
+    return targets(batch)
