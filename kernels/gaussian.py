@@ -11,20 +11,21 @@ needs every column of C: fusing them would need a grid-wide barrier.
 
 Operands (issue 14): both tl.dot operands are loaded straight from memory, so they stay in
 shared memory and feed wgmma. The projection reads U^T ([r, d], contiguous, cached with the
-eigenbasis by GaussianDenoiser) so its B tile is K-major with wide loads; at the large
-tensor-core tiles x - mu is computed once per call by _centre_kernel (bf16 in bf16 mode: the
-same round-to-nearest-even of the same fp32 difference the projection applied in registers
-before, so the same bits); in bf16 mode C is stored in bf16, the rounding the reconstruction's
-dot applied to it anyway.
+eigenbasis by GaussianDenoiser) so its B tile is K-major with 16-byte loads. At the large
+tensor-core tiles x - mu is formed once per call (centred_rows; bf16 in bf16 mode: the same
+round-to-nearest-even of the same fp32 difference the projection formed in registers before,
+so the same bits); elsewhere the projection still subtracts mu in registers, where reading x
+bounds it. In bf16 mode C is stored in bf16, the rounding the reconstruction's dot applied anyway.
 
-Tile order (GROUP_M): a 1-D grid walks GROUP_M row blocks down every column block before the
-next rows. At B = 8192, d = r = 3072 with 128 x 128 tiles the grid is 64 x 24 tiles and ~264
-CTAs are resident (2 per SM): with row blocks fastest they span all 64 row blocks of ~4 column
-blocks, so x (B d, 100 MB in fp32) is re-read from HBM 24 / 4 = 6 times (12x with the former
-128 x 64 tiles; 47x at d = 12 288). With GROUP_M = 8 they span 8 row blocks x 24 column blocks:
-each x block is fetched once and stays in L2 while its 24 column blocks use it, and U (38 MB,
-within the 50 MB L2 at d = 3072) is streamed 64 / 8 = 8 times. At d = r = 12 288 (96 column
-blocks) that is x read ~1x + U (600 MB) 8x = 5.2 GB, against x 24x + U 1x = 10 GB before.
+Tile order (GROUP_M): a 1-D grid walks GROUP_M row blocks across every column block before the
+next rows. At B = 8192, d = r = 3072 the 128 x 128 grid is 64 x 24 tiles and 132 CTAs are
+resident (1 per SM at ~190 registers). Row blocks fastest, as before, the resident CTAs span all
+64 row blocks of ~2 column blocks, so x (B d: 100 MB fp32) is re-read from HBM 24 / 2 = 12 times
+(the former 128 x 64 tiles, 2 CTAs per SM: 48 / 4 = 12x; 192 / 4 = 48x at d = 12 288). With
+GROUP_M = 8 they span 8 row blocks x ~16 column blocks: a group's x rows (12.6 MB) stay in L2
+while its 24 column blocks pass, so x is read ~1x, and U (38 MB) 64 / 8 = 8 times, largely from
+the 50 MB L2. At d = r = 12 288 (96 column blocks; a group's x rows are 50 MB): x ~96 / 16 = 6x
+(2.4 GB) + U 8 x 600 MB = 7.2 GB, against 19.7 GB (x 48x + U) before.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TileConfig, mma
+from ._common import TileConfig, bf16_value, grouped_tile, mma, rounded_to
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = {"denoised": 0, "score": 1, "eps": 2}
@@ -53,47 +54,14 @@ def _shrink(lam, sigma):
 
 
 @triton.jit
-def _bf16_value(v):
-    """fp32 tensor holding v rounded to bf16 (nearest, ties to even; v fp32 finite, or bf16),
-    by integer operations on the bits: the interpreter's own fp32 <-> bf16 casts truncate."""
-    if v.dtype == tl.bfloat16:
-        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    bits = v.to(tl.uint32, bitcast=True)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
     """acc + a @ b in the product mode; interpreted bf16 rounds both operands to nearest even
     as the GPU does, then multiplies exactly in fp32."""
     if PRECISION == "bf16" and EMULATE_BF16:
-        result = tl.dot(_bf16_value(a), _bf16_value(b), acc, input_precision="ieee")
+        result = tl.dot(bf16_value(a), bf16_value(b), acc, input_precision="ieee")
     else:
         result = mma(a, b, acc, PRECISION, False)
     return result
-
-
-@triton.jit
-def _rounded(v, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """fp32 v converted to dtype (bf16: to nearest even, also under the interpreter)."""
-    if dtype == tl.bfloat16 and EMULATE_BF16:
-        bits = _bf16_value(v).to(tl.uint32, bitcast=True) >> 16
-        result = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        result = v.to(dtype)
-    return result
-
-
-@triton.jit
-def _tile(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n) of this program: GROUP_M row blocks (fewer in the last group) take every
-    column block in turn, row block fastest within the group."""
-    pid = tl.program_id(0)
-    blocks_m = tl.cdiv(n_rows, BLOCK_M)
-    per_group = GROUP_M * tl.cdiv(n_cols, BLOCK_N)
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(blocks_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
 
 @triton.jit
@@ -120,7 +88,7 @@ def _project_kernel(
 
     x: [B, d] (row stride stride_x), already x - mu when CENTRED (mean_ptr unused); ut: U^T
     [r, d] contiguous; cs: [T, B, r] contiguous, fp32 or bf16 (rounded to nearest even)."""
-    pid_m, pid_n = _tile(n_rows, rank, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(n_rows, rank, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -146,8 +114,8 @@ def _project_kernel(
     for level in range(0, n_levels):
         sigma = tl.load(sigma_ptr + rows * n_levels + level, mask=mask_m, other=1.0)
         weight = _shrink(lam[None, :], sigma[:, None]) - _shrink(lam_rest, sigma)[:, None]
-        tl.store(cs_ptr + level * n_rows * rank + offs, _rounded(acc * weight, cs_ptr.dtype.element_ty, EMULATE_BF16),
-                 mask=mask)
+        shrunk = rounded_to(acc * weight, cs_ptr.dtype.element_ty, EMULATE_BF16)
+        tl.store(cs_ptr + level * n_rows * rank + offs, shrunk, mask=mask)
 
 
 @triton.jit
@@ -163,7 +131,7 @@ def _reconstruct_kernel(
     tile [BLOCK_K, BLOCK_N] of U^T is K-major); out: [T, B, d] contiguous."""
     # The launcher keeps T * B * max(d, r) and B * stride_x under 2^31, so in-tile offsets
     # are int32 (int64 tiles cost the epilogue registers).
-    pid_m, pid_n = _tile(n_rows * n_levels, dim, BLOCK_M, BLOCK_N, GROUP_M)  # m = t * B + b
+    pid_m, pid_n = grouped_tile(n_rows * n_levels, dim, BLOCK_M, BLOCK_N, GROUP_M)  # m = t * B + b
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
