@@ -152,21 +152,22 @@ def _reconstruct_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     x = tl.load(x_ptr + row[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     mu = tl.load(mean_ptr + cols, mask=mask_n, other=0.0)
-    # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass.
-    moved = (base[:, None] - 1.0) * (x - mu[None, :]) + acc
-    if output_mode == 0:
-        result = x + moved
-    elif output_mode == 1:
-        result = moved / (sigma * sigma)[:, None]
-    else:
-        result = -moved / sigma[:, None]
+    centred = x - mu[None, :]
+    if output_mode == 0:  # D = mu + a (x - mu) + acc, x read once (x + (D - x) spilled on sm_80, Triton 3.6)
+        result = mu[None, :] + base[:, None] * centred + acc
+    else:  # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass
+        moved = (base[:, None] - 1.0) * centred + acc
+        if output_mode == 1:
+            result = moved / (sigma * sigma)[:, None]
+        else:
+            result = -moved / sigma[:, None]
     tl.store(out_ptr + m[:, None] * dim + cols[None, :], result, mask=mask)
 
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.
 #: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible
 #: by 16), 128 x 128 x 32 with 8 warps compiles without spills in both tensor-core modes
-#: (182-195 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
+#: (160-248 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
 #: 128 x 128 tiles spill came from a gate build without that specialisation. Unaligned, the
 #: same tile spills (4-byte loads, 255 registers), so it is launched only on aligned operands
 #: and the former 128 x 64 tile serves the rest. The small tensor-core tile takes 8 warps: with
