@@ -108,14 +108,14 @@ def _project_kernel(
         acc = _dot(x, tl.trans(u_t), acc, PRECISION, EMULATE_BF16)
     lam = tl.load(eigvals_ptr + cols, mask=mask_n, other=0.0)
     lam_rest = tl.load(rest_ptr)
-    mask = mask_m[:, None] & mask_n[None, :]
-    # The launcher keeps T * B * r under 2^31: int32 offsets.
-    offs = rows[:, None] * rank + cols[None, :]
+    # The launcher keeps T * B * r under 2^31: int32 offsets, formed per level (a [BLOCK_M,
+    # BLOCK_N] offset tile held across the level loop spilled at 128 x 128).
     for level in range(0, n_levels):
         sigma = tl.load(sigma_ptr + rows * n_levels + level, mask=mask_m, other=1.0)
         weight = _shrink(lam[None, :], sigma[:, None]) - _shrink(lam_rest, sigma)[:, None]
         shrunk = rounded_to(acc * weight, cs_ptr.dtype.element_ty, EMULATE_BF16)
-        tl.store(cs_ptr + level * n_rows * rank + offs, shrunk, mask=mask)
+        tl.store(cs_ptr + (level * n_rows + rows)[:, None] * rank + cols[None, :], shrunk,
+                 mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -222,14 +222,17 @@ class Plan:
 def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, variant: str = "tuned",
          centre: bool | None = None, aligned: bool = True) -> Plan:
     """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
-    shapes (``aligned``: every operand 16-byte aligned, d, r and x's row stride multiples of 16).
+    shapes (``aligned``: every operand 16-byte aligned, d, r and x's row stride multiples of 16;
+    the 128 x 128 tensor-core tiles need it, and the projection's also needs T = 1).
     ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
     the projection is bound by reading x, and the extra pass over x would cost more)."""
     group_m = GROUP_M if variant == "tuned" else ROWS_FASTEST
     launches = []
-    for rows, cols in ((n_rows, rank), (n_rows * n_levels, dim)):
-        cfg = choose_config(precision, rows, cols, variant, aligned)
+    # The 128 x 128 projection spills when its level loop is not unrolled (T > 1: the JIT
+    # makes n_levels = 1 a constant): 128 x 64 then.
+    for rows, cols, wide in ((n_rows, rank, aligned and n_levels == 1), (n_rows * n_levels, dim, aligned)):
+        cfg = choose_config(precision, rows, cols, variant, wide)
         grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
         launches.append(Launch(cfg, grid, group_m))
     if centre is None:
@@ -290,7 +293,7 @@ def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, pre
     r = u.shape[1]
     levels = sigma.shape[1]
     staged = out if out.is_contiguous() else torch.empty_like(out)
-    aligned = operands_aligned((x, mean, u, u_t, staged), (d, r, x.stride(0)))
+    aligned = operands_aligned((x, mean, u, u_t, eigvals, sigma, lam_rest, staged), (d, r, x.stride(0)))
     p = plan(precision, n, levels, d, r, variant=variant, centre=centre, aligned=aligned)
     shrunk = torch.empty((levels, n, r), dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                          device=x.device)

@@ -69,3 +69,10 @@ def test_gate_targets_name_gate_entries_and_the_launch_grids():
     assert ("gaussian_project[large,bf16]", "B=8192,d=3072,r=3072") in {(t[0], t[1]) for t in targets}
     assert dict((t[1], t[3]) for t in targets if t[0] == "gaussian_project[large,tf32]")["B=8192,d=3072,r=3072"] \
         == (64 * 24,)
+
+
+def test_multi_level_projection_keeps_the_128x64_tiles():
+    """With T > 1 the projection's level loop is not unrolled and its 128 x 128 build spills."""
+    p = kernel.plan("tf32", 8192, 3, 3072, 3072)
+    assert p.project.config == kernel.CONFIGS[("mma", "large-unaligned")]
+    assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]
