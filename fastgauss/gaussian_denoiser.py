@@ -53,7 +53,9 @@ class GaussianDenoiser(nn.Module):
     Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
     ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
     kernel mode); ``remainder="isotropic"`` gives the discarded directions the mean of the
-    discarded eigenvalues instead of mapping them to mu.
+    discarded eigenvalues instead of mapping them to mu. The Triton kernels also keep U^T [r, d]
+    (in bf16 for the bf16 mode) beside the buffers, built once per eigenbasis and not saved:
+    it doubles the eigenvector memory on the Triton path.
 
     Example:
         >>> import torch, fastgauss
