@@ -1,4 +1,6 @@
-"""gpu_check entries for the Gaussian denoiser: correctness in every mode, then speed."""
+"""gpu_check entries for the Gaussian denoiser: correctness in every mode (the large tiles, aligned
+and not, and the bit-identity claims of issue 14), then speed, with the A/B of the issue 14
+tiles, tile order and pre-centring against the former ones."""
 
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ def _gaussian(d: int, r: int, seed: int, device):
 
 
 def check_gaussian(report: Report, device, *, smoke: bool) -> None:
-    cases = [(7, 7, 5), (70, 33, 19)] if smoke else [(7, 7, 5), (129, 129, 257), (129, 40, 1000), (3072, 384, 513)]
+    # (1040, 1040, 1100) reaches the 128 x 128 tiles (aligned), (1037, 1031, 1029) their unaligned
+    # fallback: both with partial tiles in every dimension.
+    cases = [(7, 7, 5), (70, 33, 19)] if smoke else [(7, 7, 5), (129, 129, 257), (129, 40, 1000), (3072, 384, 513),
+                                                     (1040, 1040, 1100), (1037, 1031, 1029)]
     for precision in kernel.PRECISIONS:
         for i, (d, r, b) in enumerate(cases):
             mean, lam, u = _gaussian(d, r, i, "cpu")
@@ -51,8 +56,53 @@ def check_gaussian(report: Report, device, *, smoke: bool) -> None:
             levels = torch.stack([ref.gaussian_denoiser(x, grid[:, t], mean, lam, u, float(den.lam_rest)) for t in range(4)])
             report.check(f"gaussian score 4 levels {precision}", f"d={d} r={r} B={b}",
                          _rel(multi, (levels - x) / grid.T[..., None] ** 2), TOLERANCE[precision])
+    _check_operand_bits(report, device, smoke=smoke)
     if not smoke:
         _check_autograd_and_compile(report, device)
+
+
+def _rne_bf16_bits(v: torch.Tensor) -> torch.Tensor:
+    """bf16 bit patterns of finite fp32 values, rounded to nearest even by integer arithmetic."""
+    bits = v.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def _bf16_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+
+
+def _mismatch(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of elements whose bits differ (the checks below allow none)."""
+    return (a.cpu() != b.cpu()).double().mean().item()
+
+
+def _check_operand_bits(report: Report, device, *, smoke: bool) -> None:
+    """Issue 14's bit-identity claims on this device: x - mu pre-centred in bf16 is the rounding
+    to nearest even of the fp32 difference; C stored in bf16 is the bf16 rounding of the fp32 C
+    the same launch writes; the denoiser with and without pre-centring, same tiles and order."""
+    b, d, r = (70, 67, 41) if smoke else (1100, 1040, 1040)
+    mean, lam, u = _gaussian(d, r, 11, "cpu")
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(b, d, generator=g, dtype=torch.float64) * 3).float().to(device)
+    mean32, lam32 = mean.float().to(device), lam.float().to(device)
+    xc = kernel.centred_rows(x, mean32, torch.bfloat16)
+    report.check("gaussian pre-centred x bf16 RNE bits", f"B={b} d={d}",
+                 _mismatch(_bf16_bits(xc), _rne_bf16_bits((x - mean32).cpu())), 0.0)
+    sigma = (torch.rand(b, 2, generator=g) + 0.05).to(device)
+    rest = torch.full((1,), 0.01, device=device)
+    basis = kernel.kernel_basis(u.to(device), "bf16")
+    launch = kernel.plan("bf16", b, 2, d, r).project
+    shrunk = {t: torch.full((2, b, r), float("nan"), dtype=t, device=device) for t in (torch.float32, torch.bfloat16)}
+    for buffer in shrunk.values():
+        kernel.project(x, mean32, basis[1], lam32, sigma, rest, buffer, launch, centred=True, precision="bf16")
+    report.check("gaussian bf16 C = RNE(fp32 C) bits", f"B={b} d={d} r={r}",
+                 _mismatch(_bf16_bits(shrunk[torch.bfloat16]), _rne_bf16_bits(shrunk[torch.float32].cpu())), 0.0)
+    for precision in ("tf32", "bf16"):
+        basis = kernel.kernel_basis(u.to(device), precision)
+        outs = [kernel.denoise(x, mean32, basis[0], lam32, sigma, rest, output="denoised", precision=precision,
+                               eigvecs_t=basis[1], centre=centre) for centre in (False, True)]
+        report.check(f"gaussian pre-centred = in-kernel {precision}", f"B={b} d={d} r={r}",
+                     _mismatch(outs[0], outs[1]), 0.0)
 
 
 def _check_autograd_and_compile(report: Report, device) -> None:
@@ -96,6 +146,7 @@ def timing_parts() -> list[Part]:
     parts = [Part("gaussian", f"gaussian d={d}", 1 if d <= 3072 else 3, _estimate_dim(d),
                   functools.partial(_time_dim, d=d)) for d in DIMS]
     parts.append(Part("gaussian", "gaussian sampling d=3072", 2, _estimate_sampling(), _time_sampling))
+    parts.append(Part("gaussian", "gaussian kernels A/B (issue 14) d=3072 B=8192", 1, _estimate_ab(), _time_ab))
     return parts
 
 
@@ -195,3 +246,47 @@ def _time_sampling(report: Report, device) -> None:
                 baseline="heun 18 steps (35 Gaussian calls)")
     heun = fastgauss.sample_heun(den, latents, sig).double().cpu()
     report.meta["heun18_vs_exact_rel_error"] = ((heun - exact).norm() / exact.norm()).item()
+
+
+#: The issue 14 A/B: (label, launcher keywords); "before" is the former tiles (128 x 64, 4-warp
+#: small tiles) in the former order (row blocks fastest), pre-centred as now, so the rows isolate
+#: tiles and order; "in-kernel centring" is today's tiles with x - mu formed in the projection.
+AB_VARIANTS = (("before (128x64, rows fastest)", dict(variant="before")),
+               ("tuned (128x128x32, GROUP_M=8)", dict(variant="tuned")),
+               ("tuned, in-kernel centring", dict(variant="tuned", centre=False)))
+AB_SHAPE = (8192, 3072)
+
+
+def _estimate_ab() -> float:
+    b, d = AB_SHAPE
+    total = d * d / 5e7 + call_seconds(4 / 3 * d**3, kind="fp64")  # draws, QR
+    for r in (d, 256):
+        for kind in ("tf32", "bf16"):
+            call = call_seconds(4 * b * d * r, kind=kind, nbytes=2 * b * d * 4, launches=3)
+            total += len(AB_VARIANTS) * (bench_seconds(call) + 4.0)  # + a JIT compile each
+    return total
+
+
+def _time_ab(report: Report, device) -> None:
+    """The Gaussian launcher alone (no op overhead) at B = 8192, d = 3072, r = d and 256, T = 1:
+    TFLOP/s of the 4 B d r product flops and GB/s of the HBM floor (read x, write D)."""
+    b, d = AB_SHAPE
+    mean, lam, u = _gaussian(d, d, 5, device)
+    x = torch.randn(b, d, device=device)
+    sigma = torch.rand(b, 1, device=device) * 5 + 0.01
+    rest = torch.zeros(1, device=device)
+    for r in (d, 256):
+        lam_r = lam[:r].float().contiguous()
+        for precision in ("tf32", "bf16"):
+            u_r, u_t = kernel.kernel_basis(u[:, :r], precision)
+            case = f"d={d} r={r} B={b} T=1"
+            baseline = None
+            for label, options in AB_VARIANTS:
+                name = f"gaussian kernels {precision} {label}"
+                call = functools.partial(kernel.denoise, x, mean.float(), u_r, lam_r, sigma, rest, output="denoised",
+                                         precision=precision, eigvecs_t=u_t, **options)
+                report.time(name, case, bench_ms(call), flops=4 * b * d * r, nbytes=2 * b * d * 4, baseline=baseline)
+                baseline = baseline or name
+            del u_r, u_t
+    del mean, lam, u, x
+    torch.cuda.empty_cache()

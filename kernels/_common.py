@@ -1,4 +1,5 @@
-"""Pieces shared by the kernel families: the product-mode dot, tile configs, device size."""
+"""Pieces shared by the kernel families: the product-mode dot, exact bf16 rounding under the
+interpreter, the grouped tile order, tile configs, device size."""
 
 from __future__ import annotations
 
@@ -50,6 +51,39 @@ def centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride
         y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
         dots = mma(x, tl.trans(y), dots, PRECISION, EMULATE_BF16)
     return dots
+
+
+@triton.jit
+def bf16_value(v):
+    """fp32 tensor holding v rounded to bf16 (nearest, ties to even; v fp32 finite, or bf16),
+    by integer operations on the bits: the interpreter's own fp32 <-> bf16 casts truncate."""
+    if v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    bits = v.to(tl.uint32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def rounded_to(v, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """fp32 v converted to dtype (bf16: to nearest even, also under the interpreter)."""
+    if dtype == tl.bfloat16 and EMULATE_BF16:
+        bits = bf16_value(v).to(tl.uint32, bitcast=True) >> 16
+        result = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        result = v.to(dtype)
+    return result
+
+
+@triton.jit
+def grouped_tile(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program: GROUP_M row blocks (fewer in the last group) take every
+    column block in turn, row block fastest within the group."""
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(n_rows, BLOCK_M)
+    per_group = GROUP_M * tl.cdiv(n_cols, BLOCK_N)
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(blocks_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
 
 @dataclass(frozen=True)

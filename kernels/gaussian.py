@@ -8,18 +8,42 @@ lambda_rest (0 when discarded directions map to mu). The second launch forms the
 operand in its prologue and writes D, the score (D - x) / s^2 or eps (x - D) / s in its
 epilogue, for T noise levels from one projection. Two launches because the reconstruction
 needs every column of C: fusing them would need a grid-wide barrier.
+
+Operands (issue 14): both tl.dot operands are loaded straight from memory, so they stay in
+shared memory and feed wgmma. The projection reads U^T ([r, d], contiguous, cached with the
+eigenbasis by GaussianDenoiser) so its B tile is K-major with 16-byte loads. At the large
+tensor-core tiles x - mu is formed once per call (centred_rows; bf16 in bf16 mode: the same
+round-to-nearest-even of the same fp32 difference the projection formed in registers before,
+so the same bits); elsewhere the projection still subtracts mu in registers, where reading x
+bounds it. In bf16 mode C is stored in bf16, the rounding the reconstruction's dot applied anyway.
+
+Tile order (GROUP_M): a 1-D grid walks GROUP_M row blocks across every column block before the
+next rows. At B = 8192, d = r = 3072 the 128 x 128 grid is 64 x 24 tiles and 132 CTAs are
+resident (1 per SM at ~190 registers). Row blocks fastest, as before, the resident CTAs span all
+64 row blocks of ~2 column blocks, so x (B d: 100 MB fp32) is re-read from HBM 24 / 2 = 12 times
+(the former 128 x 64 tiles, 2 CTAs per SM: 48 / 4 = 12x; 192 / 4 = 48x at d = 12 288). With
+GROUP_M = 8 they span 8 row blocks x ~16 column blocks: a group's x rows (12.6 MB) stay in L2
+while its 24 column blocks pass, so x is read ~1x, and U (38 MB) 64 / 8 = 8 times, largely from
+the 50 MB L2. At d = r = 12 288 (96 column blocks; a group's x rows are 50 MB): x ~96 / 16 = 6x
+(2.4 GB) + U 8 x 600 MB = 7.2 GB, against 19.7 GB (x 48x + U) before.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import TileConfig, mma
+from ._common import TileConfig, bf16_value, grouped_tile, mma, rounded_to
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = {"denoised": 0, "score": 1, "eps": 2}
+#: Row blocks per group of the tile order (see the module docstring).
+GROUP_M = 8
+#: GROUP_M of the former order (row blocks fastest over the whole grid): benchmarks only.
+ROWS_FASTEST = 1 << 16
 
 
 @triton.jit
@@ -30,198 +54,291 @@ def _shrink(lam, sigma):
 
 
 @triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + a @ b in the product mode; interpreted bf16 rounds both operands to nearest even
+    as the GPU does, then multiplies exactly in fp32."""
+    if PRECISION == "bf16" and EMULATE_BF16:
+        result = tl.dot(bf16_value(a), bf16_value(b), acc, input_precision="ieee")
+    else:
+        result = mma(a, b, acc, PRECISION, False)
+    return result
+
+
+@triton.jit
+def _centre_kernel(x_ptr, mean_ptr, xc_ptr, n_rows, dim, stride_x,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """xc[b] = x_b - mu ([B, d] contiguous), rounded to xc's dtype (bf16: to nearest even)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < dim)[None, :]
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    mu = tl.load(mean_ptr + cols, mask=cols < dim, other=0.0)
+    xc = (x - mu[None, :]).to(xc_ptr.dtype.element_ty)
+    tl.store(xc_ptr + rows.to(tl.int64)[:, None] * dim + cols[None, :], xc, mask=mask)
+
+
+@triton.jit
 def _project_kernel(
-    x_ptr, mean_ptr, u_ptr, eigvals_ptr, sigma_ptr, rest_ptr, cs_ptr,
-    n_rows, n_levels, dim, rank,
-    stride_x, stride_u,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, mean_ptr, ut_ptr, eigvals_ptr, sigma_ptr, rest_ptr, cs_ptr,
+    n_rows, n_levels, dim, rank, stride_x,
+    CENTRED: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """cs[t, b, k] = ((x_b - mu) . u_k) (w_k(sigma_bt) - a(sigma_bt)) for every level t."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    """cs[t, b, k] = ((x_b - mu) . u_k) (w_k(sigma_bt) - a(sigma_bt)) for every level t.
+
+    x: [B, d] (row stride stride_x), already x - mu when CENTRED (mean_ptr unused); ut: U^T
+    [r, d] contiguous; cs: [T, B, r] contiguous, fp32 or bf16 (rounded to nearest even)."""
+    pid_m, pid_n = grouped_tile(n_rows, rank, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = rows < n_rows
     mask_n = cols < rank
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
+    u_rows = ut_ptr + cols.to(tl.int64)[:, None] * dim
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, dim, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < dim
-        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + ks[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        mu = tl.load(mean_ptr + ks, mask=mask_k, other=0.0)
-        centred = tl.where(mask_m[:, None] & mask_k[None, :], x - mu[None, :], 0.0)
-        u = tl.load(u_ptr + ks[:, None].to(tl.int64) * stride_u + cols[None, :],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = mma(centred, u, acc, PRECISION, EMULATE_BF16)
+        x = tl.load(x_rows + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        if not CENTRED:  # the mean subtracted in registers: the small tiles and the FFMA path
+            mu = tl.load(mean_ptr + ks, mask=mask_k, other=0.0)
+            x = tl.where(mask_m[:, None] & mask_k[None, :], x - mu[None, :], 0.0)
+        u_t = tl.load(u_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        acc = _dot(x, tl.trans(u_t), acc, PRECISION, EMULATE_BF16)
     lam = tl.load(eigvals_ptr + cols, mask=mask_n, other=0.0)
     lam_rest = tl.load(rest_ptr)
-    mask = mask_m[:, None] & mask_n[None, :]
-    # The launcher keeps T * B * r under 2^31: int32 offsets.
-    offs = rows[:, None] * rank + cols[None, :]
+    # The launcher keeps T * B * r under 2^31: int32 offsets, formed per level (a [BLOCK_M,
+    # BLOCK_N] offset tile held across the level loop spilled at 128 x 128).
     for level in range(0, n_levels):
         sigma = tl.load(sigma_ptr + rows * n_levels + level, mask=mask_m, other=1.0)
         weight = _shrink(lam[None, :], sigma[:, None]) - _shrink(lam_rest, sigma)[:, None]
-        tl.store(cs_ptr + level * n_rows * rank + offs, acc * weight, mask=mask)
+        shrunk = rounded_to(acc * weight, cs_ptr.dtype.element_ty, EMULATE_BF16)
+        tl.store(cs_ptr + (level * n_rows + rows)[:, None] * rank + cols[None, :], shrunk,
+                 mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _reconstruct_kernel(
     cs_ptr, x_ptr, mean_ptr, u_ptr, sigma_ptr, rest_ptr, out_ptr,
-    n_rows, n_levels, dim, rank, output_mode,
-    stride_u,
+    n_rows, n_levels, dim, rank, output_mode, stride_x,
     PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """out[t, b] = x_b + (a_bt - 1)(x_b - mu) + cs[t, b] @ U^T, or the score or eps from it."""
-    # x and out rows are contiguous ([B, d] and [T, B, d]) and the launcher keeps T * B * d
-    # under 2^31, so in-tile offsets are int32 (int64 tiles cost the epilogue registers).
-    pid_m = tl.program_id(0)  # over T * B rows, level-major: m = t * B + b
-    pid_n = tl.program_id(1)  # over the d output columns
+    """out[t, b] = x_b + (a_bt - 1)(x_b - mu) + cs[t, b] @ U^T, or the score or eps from it.
+
+    cs: [T, B, r] contiguous; x: [B, d] (row stride stride_x); U: [d, r] contiguous (its
+    tile [BLOCK_K, BLOCK_N] of U^T is K-major); out: [T, B, d] contiguous."""
+    # The launcher keeps T * B * max(d, r) and B * stride_x under 2^31, so in-tile offsets
+    # are int32 (int64 tiles cost the epilogue registers).
+    pid_m, pid_n = grouped_tile(n_rows * n_levels, dim, BLOCK_M, BLOCK_N, GROUP_M)  # m = t * B + b
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = m < n_rows * n_levels
     mask_n = cols < dim
+    cs_rows = cs_ptr + m[:, None] * rank
+    u_cols = u_ptr + cols.to(tl.int64)[None, :] * rank
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, rank, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < rank
-        cs = tl.load(cs_ptr + m[:, None] * rank + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        u_t = tl.load(u_ptr + cols[None, :].to(tl.int64) * stride_u + ks[:, None],
-                      mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = mma(cs, u_t, acc, PRECISION, EMULATE_BF16)
+        cs = tl.load(cs_rows + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        u_t = tl.load(u_cols + ks[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = _dot(cs, u_t, acc, PRECISION, EMULATE_BF16)
     row = m % n_rows
     sigma = tl.load(sigma_ptr + row * n_levels + m // n_rows, mask=mask_m, other=1.0)
     base = _shrink(tl.load(rest_ptr), sigma)  # a(sigma): weight of the directions outside span(U)
     mask = mask_m[:, None] & mask_n[None, :]
-    x = tl.load(x_ptr + row[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+    x = tl.load(x_ptr + row[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     mu = tl.load(mean_ptr + cols, mask=mask_n, other=0.0)
-    # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass.
-    moved = (base[:, None] - 1.0) * (x - mu[None, :]) + acc
-    if output_mode == 0:
-        result = x + moved
-    elif output_mode == 1:
-        result = moved / (sigma * sigma)[:, None]
-    else:
-        result = -moved / sigma[:, None]
+    centred = x - mu[None, :]
+    if output_mode == 0:  # D = mu + a (x - mu) + acc, x read once (x + (D - x) spilled on sm_80, Triton 3.6)
+        result = mu[None, :] + base[:, None] * centred + acc
+    else:  # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass
+        moved = (base[:, None] - 1.0) * centred + acc
+        if output_mode == 1:
+            result = moved / (sigma * sigma)[:, None]
+        else:
+            result = -moved / sigma[:, None]
     tl.store(out_ptr + m[:, None] * dim + cols[None, :], result, mask=mask)
 
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.
-#: 128 x 128 tiles spill: the epilogues hold the accumulator, x and the shrink weights.
-#: The exact-fp32 "large" tile is 128 x 32 (16 accumulators a thread at 8 warps). Registers the
-#: gate read for [large,ieee] (project sm_80/sm_90, reconstruct sm_80/sm_90), Triton 3.6 | 3.9:
-#:   128x64 8 warps   255+64 B spill / 226 / 218 / 222  |  213 / 199 / 218 / 210
-#:   128x64 16 warps  121 / 114 / 128 (at the 512-thread cap) / 112  |  reconstruct sm_80 spills 8 B
-#:   64x128 8 warps   255+64 B spill on sm_80 (3.6);  128x32 4 warps  255 (project, 3.6)
-#:   128x32 8 warps   133 / 134 / 145 / 150  |  121 / 143 / 126 / 154   <- chosen, no spill anywhere
-#: (BLOCK_K 8 does not compile: tl.dot needs K >= 16.)
+#: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible
+#: by 16), 128 x 128 x 32 with 8 warps compiles without spills in both tensor-core modes
+#: (160-248 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
+#: 128 x 128 tiles spill came from a gate build without that specialisation. Unaligned, the
+#: same tile spills (4-byte loads, 255 registers), so it is launched only on aligned operands
+#: and the former 128 x 64 tile serves the rest. The small tensor-core tile takes 8 warps: with
+#: 4 the unaligned projection spilled 128 bytes on sm_80. The exact-fp32 "large" tile is 128 x 32
+#: (16 accumulators a thread at 8 warps) with 2 stages: with 3 the reconstruction spilled 8-24
+#: bytes on Triton 3.9 as the JIT specialises it. BLOCK_K 8 does not compile (tl.dot needs K >= 16).
 CONFIGS = {
     ("fma", "small"): TileConfig(64, 64, 16, 8, 3),
-    ("fma", "large"): TileConfig(128, 32, 16, 8, 3),
-    ("mma", "small"): TileConfig(64, 64, 32, 4, 3),
-    ("mma", "large"): TileConfig(128, 64, 32, 8, 3),
+    ("fma", "large"): TileConfig(128, 32, 16, 8, 2),
+    ("mma", "small"): TileConfig(64, 64, 32, 8, 3),
+    ("mma", "large"): TileConfig(128, 128, 32, 8, 3),
+    ("mma", "large-unaligned"): TileConfig(128, 64, 32, 8, 3),
 }
+#: The tiles before issue 14, launched with ROWS_FASTEST: the A/B baseline of gpu_check only.
+CONFIGS_BEFORE = {**CONFIGS, ("mma", "large"): TileConfig(128, 64, 32, 8, 3)}
+VARIANTS = ("tuned", "before")
 
 
-def choose_config(precision: str, rows: int, cols: int) -> TileConfig:
-    family = "fma" if precision == "ieee" else "mma"
-    return CONFIGS[(family, "large" if min(rows, cols) >= 1024 else "small")]
+def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned", aligned: bool = True) -> TileConfig:
+    return (CONFIGS if variant == "tuned" else CONFIGS_BEFORE)[_key(precision, rows, cols, aligned)]
 
 
-def _interpreting(t: torch.Tensor) -> bool:
-    return t.device.type != "cuda"
+def _key(precision: str, rows: int, cols: int, aligned: bool) -> tuple[str, str]:
+    if precision == "ieee":
+        return "fma", _size(rows, cols)
+    size = _size(rows, cols)
+    return "mma", size if size == "small" or aligned else "large-unaligned"
+
+
+def _size(rows: int, cols: int) -> str:
+    return "large" if min(rows, cols) >= 1024 else "small"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch: its tiles, its 1-D grid and the GROUP_M of its tile order."""
+
+    config: TileConfig
+    grid: tuple
+    group_m: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Both launches of one call, and whether x - mu is formed once before the projection."""
+
+    project: Launch
+    reconstruct: Launch
+    centred: bool
+
+
+def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, variant: str = "tuned",
+         centre: bool | None = None, aligned: bool = True) -> Plan:
+    """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
+    shapes (``aligned``: every operand 16-byte aligned, d, r and x's row stride multiples of 16;
+    the 128 x 128 tensor-core tiles need it, and the projection's also needs T = 1).
+    ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
+    compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
+    the projection is bound by reading x, and the extra pass over x would cost more)."""
+    group_m = GROUP_M if variant == "tuned" else ROWS_FASTEST
+    launches = []
+    # The 128 x 128 projection spills when its level loop is not unrolled (T > 1: the JIT
+    # makes n_levels = 1 a constant): 128 x 64 then.
+    for rows, cols, wide in ((n_rows, rank, aligned and n_levels == 1), (n_rows * n_levels, dim, aligned)):
+        cfg = choose_config(precision, rows, cols, variant, wide)
+        grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
+        launches.append(Launch(cfg, grid, group_m))
+    if centre is None:
+        centre = precision != "ieee" and _size(n_rows, rank) == "large"
+    return Plan(launches[0], launches[1], centre)
+
+
+def kernel_basis(eigvecs: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [d, r], U^T [r, d]), both contiguous in the kernels' dtype (bf16 in bf16 mode, else
+    fp32): computed once per eigenbasis by GaussianDenoiser, per call by gaussian_denoise."""
+    u = eigvecs.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
+    return u, u.T.contiguous()
+
+
+def centred_rows(x: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x - mean ([B, d] contiguous) computed in fp32 and rounded once to ``dtype`` (bf16: to
+    nearest even, what the projection's dot applied to the difference it formed in registers)."""
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    return torch.sub(x, mean, out=out)
 
 
 #: Largest element offset the kernels compute in int32.
 _INT32_LIMIT = 2**31 - 1
 
 
-def denoise(x, mean, eigvecs, eigvals, sigma, lam_rest, *, output: str, precision: str) -> torch.Tensor:
-    """Gaussian denoiser for T levels in two launches: returns [T, B, d] float32.
+def denoise(x, mean, eigvecs, eigvals, sigma, lam_rest, *, output: str, precision: str, eigvecs_t=None,
+            variant: str = "tuned", centre: bool | None = None) -> torch.Tensor:
+    """Gaussian denoiser for T levels in two launches (three with pre-centring): returns [T, B, d] float32.
 
-    x: [B, d] float32 contiguous; mean: [d] float32; eigvecs: [d, r] float32 or bfloat16 with
-    unit column stride; eigvals: [r] float32; sigma: [B, T] float32 contiguous; lam_rest: [1]
-    float32 (0: discarded directions map to mu); output: "denoised", "score" or "eps";
-    precision: "ieee", "tf32" or "bf16".
+    x: [B, d] float32 (any row stride; copied if its columns are strided); mean: [d] float32;
+    eigvecs: [d, r] contiguous, float32 or bfloat16 (bf16 mode); eigvecs_t: its transpose
+    [r, d] contiguous (``kernel_basis``; formed here when None); eigvals: [r] float32; sigma:
+    [B, T] float32 contiguous; lam_rest: [1] float32 (0: discarded directions map to mu);
+    output: "denoised", "score" or "eps"; precision: "ieee", "tf32" or "bf16". ``variant``
+    "before" launches the tiles and order before issue 14 and ``centre`` forces pre-centring
+    on or off: both for benchmarks and tests, the results are the same to rounding.
     """
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if eigvecs_t is None:
+        eigvecs_t = eigvecs.T.contiguous()
     n, d = x.shape
     r = eigvecs.shape[1]
     levels = sigma.shape[1]
     out = torch.empty((levels, n, d), dtype=torch.float32, device=x.device)
     # Row chunks keep every in-kernel offset within int32.
-    chunk = max(1, _INT32_LIMIT // (levels * max(d, r)))
+    chunk = max(1, _INT32_LIMIT // max(levels * max(d, r), x.stride(0)))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        _denoise_rows(x[start:stop], mean, eigvecs, eigvals, sigma[start:stop], lam_rest,
-                      out[:, start:stop], output=output, precision=precision)
+        _denoise_rows(x[start:stop], mean, eigvecs, eigvecs_t, eigvals, sigma[start:stop], lam_rest,
+                      out[:, start:stop], output=output, precision=precision, variant=variant, centre=centre)
     return out
 
 
-def _denoise_rows(x, mean, eigvecs, eigvals, sigma, lam_rest, out, *, output, precision):
+def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, precision, variant="tuned",
+                  centre=None):
     n, d = x.shape
-    r = eigvecs.shape[1]
+    r = u.shape[1]
     levels = sigma.shape[1]
     staged = out if out.is_contiguous() else torch.empty_like(out)
-    shrunk = torch.empty((levels, n, r), dtype=torch.float32, device=x.device)
-    emulate = x.device.type != "cuda"
-    cfg = choose_config(precision, n, r)
-    _project_kernel[(triton.cdiv(n, cfg.block_m), triton.cdiv(r, cfg.block_n))](
-        x, mean, eigvecs, eigvals, sigma, lam_rest, shrunk, n, levels, d, r, x.stride(0), eigvecs.stride(0),
-        PRECISION=precision, EMULATE_BF16=emulate, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    cfg = choose_config(precision, n * levels, d)
-    _reconstruct_kernel[(triton.cdiv(n * levels, cfg.block_m), triton.cdiv(d, cfg.block_n))](
-        shrunk, x, mean, eigvecs, sigma, lam_rest, staged, n, levels, d, r, OUTPUTS[output], eigvecs.stride(0),
-        PRECISION=precision, EMULATE_BF16=emulate, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    aligned = operands_aligned((x, mean, u, u_t, eigvals, sigma, lam_rest, staged), (d, r, x.stride(0)))
+    p = plan(precision, n, levels, d, r, variant=variant, centre=centre, aligned=aligned)
+    shrunk = torch.empty((levels, n, r), dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+                         device=x.device)
+    project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, p.project, centred=p.centred, precision=precision)
+    cfg = p.reconstruct.config
+    _reconstruct_kernel[p.reconstruct.grid](
+        shrunk, x, mean, u, sigma, lam_rest, staged, n, levels, d, r, OUTPUTS[output], x.stride(0),
+        PRECISION=precision, EMULATE_BF16=_interpreting(x), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, GROUP_M=p.reconstruct.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if staged is not out:
         out.copy_(staged)
 
 
+def operands_aligned(tensors, sizes) -> bool:
+    """Whether the JIT will specialise a launch as aligned: every tensor 16-byte aligned and every
+    size a multiple of 16 (what the 128 x 128 tiles need to build without spills)."""
+    return all(t.data_ptr() % 16 == 0 for t in tensors) and all(n % 16 == 0 for n in sizes)
+
+
+def project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, launch: Launch, *, centred: bool, precision: str):
+    """Fill shrunk ([T, B, r] contiguous, fp32 or bf16) with the projection's shrunk coefficients."""
+    n, d = x.shape
+    if centred:
+        x = centred_rows(x, mean, torch.bfloat16 if precision == "bf16" else torch.float32)
+    cfg = launch.config
+    _project_kernel[launch.grid](
+        x, mean, u_t, eigvals, sigma, lam_rest, shrunk, n, sigma.shape[1], d, u_t.shape[0], x.stride(0),
+        CENTRED=centred, PRECISION=precision, EMULATE_BF16=_interpreting(x), BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=launch.group_m, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+
+
+def _interpreting(t: torch.Tensor) -> bool:
+    return t.device.type != "cuda"
+
+
 def gate_entries():
-    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
-    for (family, size), cfg in CONFIGS.items():
-        for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
-            u_type = "*bf16" if precision == "bf16" else "*fp32"
-            common = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
-                      "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
-            project_sig = {"x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type, "eigvals_ptr": "*fp32",
-                           "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "cs_ptr": "*fp32",
-                           "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32",
-                           "stride_x": "i32", "stride_u": "i32", **{k: "constexpr" for k in common}}
-            yield (f"gaussian_project[{size},{precision}]", _project_kernel, project_sig, common,
-                   cfg.num_warps, cfg.num_stages, precision != "ieee")
-            recon_sig = {"cs_ptr": "*fp32", "x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type,
-                         "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "out_ptr": "*fp32",
-                         "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "output_mode": "i32",
-                         "stride_u": "i32", **{k: "constexpr" for k in common}}
-            yield (f"gaussian_reconstruct[{size},{precision}]", _reconstruct_kernel, recon_sig, common,
-                   cfg.num_warps, cfg.num_stages, precision != "ieee")
+    """The compile gate's entries: every configuration, see ``_gaussian_gate.entries``."""
+    from ._gaussian_gate import entries
+
+    return entries()
 
 
-def gate_targets(sms: int = 132):
-    """(entry name, shape label, int args, grid) of each launch at the target shapes B = 8192,
-    d = 3072 and 12 288, r = d, d / 8 (gpu_check's) and 256, T = 1 level, output "denoised", on a
-    GPU with ``sms`` SMs, for the compile gate. Repeats the launcher's arithmetic (choose_config,
-    the grids of _denoise_rows)."""
-    n, levels = 8192, 1
-    for d in (3072, 12288):
-        for r in (d, d // 8, 256):
-            for precision in PRECISIONS:
-                family = "fma" if precision == "ieee" else "mma"
-                label = f"B={n},d={d},r={r}"
-                cfg = choose_config(precision, n, r)
-                size = "large" if cfg is CONFIGS[(family, "large")] else "small"
-                yield (f"gaussian_project[{size},{precision}]", label,
-                       {"n_rows": n, "n_levels": levels, "dim": d, "rank": r, "stride_x": d, "stride_u": r},
-                       (triton.cdiv(n, cfg.block_m), triton.cdiv(r, cfg.block_n)))
-                cfg = choose_config(precision, n * levels, d)
-                size = "large" if cfg is CONFIGS[(family, "large")] else "small"
-                yield (f"gaussian_reconstruct[{size},{precision}]", label,
-                       {"n_rows": n, "n_levels": levels, "dim": d, "rank": r, "output_mode": OUTPUTS["denoised"],
-                        "stride_u": r},
-                       (triton.cdiv(n * levels, cfg.block_m), triton.cdiv(d, cfg.block_n)))
+def gate_targets(batch: int = 8192):
+    """The compile gate's target launches (issue 14 shapes), see ``_gaussian_gate.targets``."""
+    from ._gaussian_gate import targets
+
+    return targets(batch)

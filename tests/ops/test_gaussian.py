@@ -222,25 +222,29 @@ def test_sigma_zero_maps_flat_directions_to_the_mean(backend):
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("config", ["fma-small", "fma-large", "mma-small", "mma-large"])
-def test_every_tile_configuration_past_its_tiles(monkeypatch, config):
+@pytest.mark.parametrize("centre", [False, True])
+def test_every_tile_configuration_past_its_tiles(monkeypatch, config, centre):
     """Each launch configuration (forced: the launcher picks the large ones only from 1024 rows),
-    on sizes past its largest tile in every dimension (B = 133 > 128 rows, d = 70 > 64 columns,
-    r = 37 > 32 reduction), two levels, into a NaN-poisoned output. The mma family runs as "tf32":
-    under the interpreter an indexing and masking check, not a precision one."""
+    on sizes past its largest tile in every dimension (B = 133 > 128 rows, d = 137 > 128 columns,
+    r = 131 > 128 projection columns, > 32 reduction), two levels, into a NaN-poisoned output,
+    with x - mu formed in the kernel or before it, and GROUP_M = 2 so that the tile order has a
+    partial last group. The mma family runs as "tf32": under the interpreter an indexing and
+    masking check, not a precision one."""
     from fastgauss.kernels import gaussian as kernel
 
     family, size = config.split("-")
     cfg = kernel.CONFIGS[(family, size)]
-    monkeypatch.setattr(kernel, "choose_config", lambda precision, rows, cols: cfg)
-    b, d, r = 133, 70, 37
-    assert b > cfg.block_m and d > cfg.block_n and r > cfg.block_k and d > cfg.block_k
+    monkeypatch.setattr(kernel, "choose_config", lambda *_: cfg)
+    monkeypatch.setattr(kernel, "GROUP_M", 2)
+    b, d, r = 133, 137, 131
+    assert b > cfg.block_m and d > cfg.block_n and r > cfg.block_n and r > cfg.block_k and d > cfg.block_k
     g = torch.Generator().manual_seed(2)
     x, mean = torch.randn(b, d, generator=g), torch.randn(d, generator=g)
     u = torch.linalg.qr(torch.randn(d, r, generator=g))[0].contiguous()
     lam, sigma = torch.rand(r, generator=g), torch.rand(b, 2, generator=g)
     out = torch.full((2, b, d), float("nan"))
-    kernel._denoise_rows(x, mean, u, lam, sigma, torch.full((1,), 0.1), out, output="denoised",
-                         precision="ieee" if family == "fma" else "tf32")
+    kernel._denoise_rows(x, mean, u, u.T.contiguous(), lam, sigma, torch.full((1,), 0.1), out, output="denoised",
+                         precision="ieee" if family == "fma" else "tf32", centre=centre)
     for t in range(2):
         assert rel_err(out[t], ref.gaussian_denoiser(x, sigma[:, t], mean, lam, u, 0.1)) < FP32_TOL
 
@@ -251,10 +255,10 @@ def test_every_output_element_is_written_by_the_kernels():
 
     g = torch.Generator().manual_seed(1)
     x, mean = torch.randn(67, 70, generator=g), torch.randn(70, generator=g)
-    u = torch.linalg.qr(torch.randn(70, 33, generator=g))[0]
+    u = torch.linalg.qr(torch.randn(70, 33, generator=g))[0].contiguous()
     lam, sigma = torch.rand(33, generator=g), torch.rand(67, 3, generator=g)
     out = torch.full((3, 67, 70), float("nan"))
-    kernel._denoise_rows(x, mean, u.contiguous(), lam, sigma, torch.zeros(1), out, output="denoised",
+    kernel._denoise_rows(x, mean, u, u.T.contiguous(), lam, sigma, torch.zeros(1), out, output="denoised",
                          precision="ieee")
     for t in range(3):
         assert rel_err(out[t], ref.gaussian_denoiser(x, sigma[:, t], mean, lam, u)) < FP32_TOL

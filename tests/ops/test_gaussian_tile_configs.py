@@ -1,24 +1,28 @@
-"""Every launch configuration of the Gaussian kernels (the gate builds each) gives the reference
-result: choose_config picks "large" only from 1024 rows, too big for the interpreter, so each
-config is forced here on odd, small sizes that leave partial tiles in every dimension."""
+"""Every launch configuration of the Gaussian kernels (the gate builds each, the tuned ones and
+the former ones gpu_check compares with) gives the reference result: choose_config picks
+"large" only from 1024 rows, too big for the interpreter, so each config is forced here on odd,
+small sizes that leave partial tiles in every dimension, with x - mu formed in the projection
+and before it."""
 
 import pytest
 import torch
 
 from fastgauss import reference as ref
+from fastgauss.kernels import _gaussian_gate as gate
 from fastgauss.kernels import gaussian as kernel
 
 TOLERANCE = {"ieee": 1e-5, "tf32": 5e-3, "bf16": 2e-2}
 
 
 def _cases():
-    for (family, size), cfg in kernel.CONFIGS.items():
+    for size, cfg, family in gate.configs():
         for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
-            yield pytest.param(cfg, precision, id=f"{family}-{size}-{precision}")
+            for centre in (False, True):
+                yield pytest.param(cfg, precision, centre, id=f"{family}-{size}-{precision}-centre{int(centre)}")
 
 
-@pytest.mark.parametrize("cfg,precision", list(_cases()))
-def test_forced_config_matches_float64_reference(cfg, precision, monkeypatch):
+@pytest.mark.parametrize("cfg,precision,centre", list(_cases()))
+def test_forced_config_matches_float64_reference(cfg, precision, centre, monkeypatch):
     monkeypatch.setattr(kernel, "choose_config", lambda *_: cfg)
     g = torch.Generator().manual_seed(cfg.block_m * 7 + cfg.block_n)
     b, d, r, levels = cfg.block_m + 3, cfg.block_n + 5, cfg.block_n + 1, 2
@@ -30,9 +34,45 @@ def test_forced_config_matches_float64_reference(cfg, precision, monkeypatch):
     lam_rest = 1e-2
     eigvecs = u.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
     got = kernel.denoise(x.float(), mean.float(), eigvecs, lam.float(), sigma.float().contiguous(),
-                         torch.tensor([lam_rest]), output="denoised", precision=precision)
+                         torch.tensor([lam_rest]), output="denoised", precision=precision, centre=centre)
     assert got.shape == (levels, b, d) and torch.isfinite(got).all()
     for t in range(levels):
         expected = ref.gaussian_denoiser(x, sigma[:, t], mean, lam, u, lam_rest)
         err = ((got[t].double() - expected).norm() / expected.norm()).item()
         assert err <= TOLERANCE[precision], (t, err)
+
+
+def test_large_tensor_core_tiles_only_on_aligned_operands():
+    """128 x 128 tiles build without spills only as the JIT specialises aligned operands: the
+    launcher checks alignment and falls back to 128 x 64 otherwise (the ieee tiles do not care)."""
+    assert kernel.plan("tf32", 8192, 1, 3072, 3072).project.config == kernel.CONFIGS[("mma", "large")]
+    for kind in ("project", "reconstruct"):
+        assert getattr(kernel.plan("bf16", 8192, 1, 3072, 3072, aligned=False), kind).config == \
+            kernel.CONFIGS[("mma", "large-unaligned")]
+    assert kernel.plan("ieee", 8192, 1, 3072, 3072, aligned=False).project.config == kernel.CONFIGS[("fma", "large")]
+    buffer = torch.zeros(8, 64)
+    assert kernel.operands_aligned((buffer, buffer[1:]), (64, 32))
+    assert not kernel.operands_aligned((buffer[:, 1:],), (64,))  # 4 bytes off
+    assert not kernel.operands_aligned((buffer,), (64, 3071))
+
+
+def test_gate_targets_name_gate_entries_and_the_launch_grids():
+    names = {e[0] for e in kernel.gate_entries()}
+    targets = list(kernel.gate_targets())
+    assert len(targets) == 2 * (4 * 3 + 4)
+    for name, label, args, grid in targets:
+        assert name in names, name
+        d, r = args["dim"], args["rank"]
+        precision = name.split(",")[-1].rstrip("]")
+        p = kernel.plan(precision, 8192, 1, d, r, variant="before" if "before" in label else "tuned")
+        assert grid == (p.project if "project" in name else p.reconstruct).grid
+    assert ("gaussian_project[large,bf16]", "B=8192,d=3072,r=3072") in {(t[0], t[1]) for t in targets}
+    assert dict((t[1], t[3]) for t in targets if t[0] == "gaussian_project[large,tf32]")["B=8192,d=3072,r=3072"] \
+        == (64 * 24,)
+
+
+def test_multi_level_projection_keeps_the_128x64_tiles():
+    """With T > 1 the projection's level loop is not unrolled and its 128 x 128 build spills."""
+    p = kernel.plan("tf32", 8192, 3, 3072, 3072)
+    assert p.project.config == kernel.CONFIGS[("mma", "large-unaligned")]
+    assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]

@@ -53,7 +53,9 @@ class GaussianDenoiser(nn.Module):
     Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
     ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
     kernel mode); ``remainder="isotropic"`` gives the discarded directions the mean of the
-    discarded eigenvalues instead of mapping them to mu.
+    discarded eigenvalues instead of mapping them to mu. The Triton kernels also keep U^T [r, d]
+    (in bf16 for the bf16 mode) beside the buffers, built once per eigenbasis and not saved:
+    it doubles the eigenvector memory on the Triton path.
 
     Example:
         >>> import torch, fastgauss
@@ -69,6 +71,7 @@ class GaussianDenoiser(nn.Module):
         super().__init__()
         self.operator_cache_bytes = operator_cache_bytes
         self._operators: OrderedDict = OrderedDict()
+        self._bases: dict = {}
         mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
                                   ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
         validate_gaussian(mean.reshape(-1), eigvecs, eigvals)
@@ -154,7 +157,7 @@ class GaussianDenoiser(nn.Module):
         if level is not None and self._operator_pays(x.shape[0], level, precision):
             return self._operator_route(x, level, output, precision)
         return denoise_validated(x, sigma, self.mean, self.eigvecs, self.eigvals, self.lam_rest, output=output,
-                                 precision=precision)
+                                 precision=precision, basis=self._kernel_basis)
 
     def score(self, x, sigma, **kwargs) -> torch.Tensor:
         """(D(x; sigma) - x) / sigma^2, sigma > 0."""
@@ -193,7 +196,7 @@ class GaussianDenoiser(nn.Module):
         k = v.shape[0] if probes else 1
         flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
         jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
-                               self.eigvals, self.lam_rest, precision=precision)
+                               self.eigvals, self.lam_rest, precision=precision, basis=self._kernel_basis)
         return denoised, jv.reshape(v.shape)
 
     # ----------------------------------------------------------------- sampling
@@ -301,6 +304,18 @@ class GaussianDenoiser(nn.Module):
         return out.reshape(x.shape).to(x.dtype)
 
     # ------------------------------------------------------------------ helpers
+    def _kernel_basis(self, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U [d, r], U^T [r, d]) in the kernels' dtype for ``precision``, built once per
+        eigenbasis (keyed on the eigenvectors' storage and version) instead of per call."""
+        from ...kernels.gaussian import kernel_basis
+
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        key = (self.eigvecs.data_ptr(), self.eigvecs._version, self.eigvecs.dtype, tuple(self.eigvecs.shape),
+               str(self.eigvecs.device))
+        if self._bases.get(dtype, (None,))[0] != key:
+            self._bases[dtype] = (key, kernel_basis(self.eigvecs, precision))
+        return self._bases[dtype][1]
+
     def _check_input(self, x) -> torch.Tensor:
         x = as_float(as_tensor(x, "x"))
         d = math.prod(x.shape[1:]) if x.dim() >= 2 else None
@@ -310,7 +325,8 @@ class GaussianDenoiser(nn.Module):
         return x.to(self.mean.device)
 
     def _apply(self, fn, *args, **kwargs):
-        self._operators.clear()  # cached operators belong to the old device / dtype
+        self._operators.clear()  # cached operators and bases belong to the old device / dtype
+        self._bases.clear()
         return super()._apply(fn, *args, **kwargs)
 
     def get_extra_state(self):

@@ -14,20 +14,22 @@ PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = gt.OUTPUTS
 
 
-def _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
-    from ...kernels.gaussian import denoise
+def _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis):
+    from ...kernels.gaussian import denoise, kernel_basis
 
     f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
-    u = eigvecs.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
-    return denoise(f32(x), f32(mean), u, f32(lam), f32(sigma), f32(lam_rest.reshape(1)),
-                   output=output, precision=precision)
+    u, u_t = basis(precision) if basis is not None else kernel_basis(eigvecs, precision)
+    # x keeps its row stride: the launcher reads it strided (and copies it only if its columns are).
+    return denoise(x.to(torch.float32), f32(mean), u, f32(lam), f32(sigma), f32(lam_rest.reshape(1)),
+                   output=output, precision=precision, eigvecs_t=u_t)
 
 
-def _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision) -> torch.Tensor:
-    """[T, B, d] in x's dtype, on the backend that suits the inputs."""
+def _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis=None) -> torch.Tensor:
+    """[T, B, d] in x's dtype, on the backend that suits the inputs. ``basis``: precision ->
+    (U, U^T) in the kernels' dtype, cached by the caller (None: formed per call)."""
     kernel_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16) and eigvecs.dtype != torch.float64
     if kernel_ok and backend_for(x) == "triton":
-        return _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision).to(x.dtype)
+        return _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis).to(x.dtype)
     dtype = torch.promote_types(x.dtype, eigvecs.dtype)
     dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     cast = lambda t: t.to(dtype)  # noqa: E731
@@ -39,12 +41,12 @@ class _GaussianDenoise(torch.autograd.Function):
     """x: [B, d], sigma: [B, T] -> [T, B, d]. Differentiable in x and sigma (not in the Gaussian)."""
 
     @staticmethod
-    def forward(x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
-        return _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision)
+    def forward(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis=None):
+        return _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis)
 
     @staticmethod
     def setup_context(ctx, inputs, result):
-        x, sigma, mean, eigvecs, lam, lam_rest, output, precision = inputs
+        x, sigma, mean, eigvecs, lam, lam_rest, output, precision, _ = inputs
         ctx.output = output
         ctx.save_for_backward(x, sigma, mean, eigvecs, lam, lam_rest, result)
         ctx.save_for_forward(x, sigma, mean, eigvecs, lam, lam_rest, result)
@@ -62,7 +64,7 @@ class _GaussianDenoise(torch.autograd.Function):
             ds = gt.sigma_derivative(p(x), p(sigma), p(mean), p(eigvecs), p(lam), p(lam_rest), ctx.output,
                                      p(_moved(result, x, ctx.output, sigma)))
             grad_sigma = (p(grad) * ds).sum(-1).T.to(sigma.dtype)
-        return grad_x, grad_sigma, None, None, None, None, None, None
+        return grad_x, grad_sigma, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_t, sigma_t, *_):
@@ -79,7 +81,7 @@ class _GaussianDenoise(torch.autograd.Function):
         return tangent.to(result.dtype)
 
     @staticmethod
-    def vmap(info, in_dims, x, sigma, mean, eigvecs, lam, lam_rest, output, precision):
+    def vmap(info, in_dims, x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis=None):
         if any(dim is not None for dim in in_dims[2:6]):
             raise NotImplementedError("gaussian_denoise: vmap over the Gaussian's mean, eigenvectors or "
                                       "eigenvalues is not supported; vmap over x and sigma is")
@@ -88,7 +90,7 @@ class _GaussianDenoise(torch.autograd.Function):
         sigma = sigma.movedim(in_dims[1], 0) if in_dims[1] is not None else sigma.expand(size, *sigma.shape)
         n, d = x.shape[1:]
         out = _GaussianDenoise.apply(x.reshape(size * n, d), sigma.reshape(size * n, -1), mean, eigvecs, lam,
-                                     lam_rest, output, precision)
+                                     lam_rest, output, precision, basis)
         return out.reshape(out.shape[0], size, n, d), 1
 
 
@@ -179,11 +181,12 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
 
 
 def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, *, output: str = "denoised",
-                      precision: str | None = None) -> torch.Tensor:
+                      precision: str | None = None, basis=None) -> torch.Tensor:
     """``gaussian_denoise`` for callers that validated the Gaussian already (GaussianDenoiser).
 
-    x: float tensor [B, *feature_shape] on the Gaussian's device; mean: [d]; lam_rest: 0-d tensor.
-    Checks x, sigma, output and precision.
+    x: float tensor [B, *feature_shape] on the Gaussian's device; mean: [d]; lam_rest: 0-d tensor;
+    basis: None or precision -> (U [d, r], U^T [r, d]) contiguous in the kernels' dtype (a cache
+    of ``kernels.gaussian.kernel_basis``). Checks x, sigma, output and precision.
     """
     flat = flatten_batch(x, "x")
     if output not in OUTPUTS:
@@ -198,9 +201,9 @@ def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, 
     if output != "denoised" and grid.numel() and inspectable(grid) and (grid == 0).any():
         raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
     if _needs_autograd(flat, grid):
-        out = _GaussianDenoise.apply(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
+        out = _GaussianDenoise.apply(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision, basis)
     else:  # nothing to differentiate: skip the autograd.Function's bookkeeping
-        out = _compute(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision)
+        out = _compute(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision, basis)
     out = out.reshape(out.shape[0], *x.shape)
     return out if multi else out[0]
 

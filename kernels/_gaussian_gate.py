@@ -1,0 +1,68 @@
+"""Compile-gate entries and target launches of the Gaussian kernels (``kernels/gaussian.py``).
+
+``entries()``: every launch configuration in each precision it serves, with the operand dtypes
+and centring its launches use. ``targets()``: the launches ``plan`` makes at the issue 14 target
+shapes, for a gate that specialises like the JIT (the 128 x 128 tensor-core entries are
+launched only on aligned operands, see ``gaussian.CONFIGS``).
+"""
+
+from __future__ import annotations
+
+from .gaussian import (CONFIGS, CONFIGS_BEFORE, GROUP_M, OUTPUTS, PRECISIONS, ROWS_FASTEST, _key, _project_kernel,
+                       _reconstruct_kernel, plan)
+
+
+def configs():
+    """(size label, config, family) of every configuration a launch can use, the former ones too."""
+    for (family, size), cfg in CONFIGS.items():
+        yield size, cfg, family
+    for key, cfg in CONFIGS_BEFORE.items():
+        if CONFIGS[key] != cfg:
+            yield f"before-{key[1]}", cfg, key[0]
+
+
+def _entry_size(precision: str, rows: int, cols: int, variant: str) -> str:
+    key = _key(precision, rows, cols, True)
+    return f"before-{key[1]}" if variant == "before" and CONFIGS_BEFORE[key] != CONFIGS[key] else key[1]
+
+
+def entries():
+    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate:
+    every configuration in each precision it serves, with the operand dtypes and centring its
+    launches use."""
+    for size, cfg, family in configs():
+        for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
+            u_type = "*bf16" if precision == "bf16" else "*fp32"
+            centred = family == "mma" and "large" in size
+            common = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
+                      "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                      "GROUP_M": ROWS_FASTEST if size.startswith("before") else GROUP_M}
+            project_sig = {"x_ptr": u_type if centred else "*fp32", "mean_ptr": "*fp32", "ut_ptr": u_type,
+                           "eigvals_ptr": "*fp32", "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "cs_ptr": u_type,
+                           "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "stride_x": "i32",
+                           "CENTRED": "constexpr", **{k: "constexpr" for k in common}}
+            yield (f"gaussian_project[{size},{precision}]", _project_kernel, project_sig,
+                   {"CENTRED": centred, **common}, cfg.num_warps, cfg.num_stages, precision != "ieee")
+            recon_sig = {"cs_ptr": u_type, "x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type,
+                         "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "out_ptr": "*fp32",
+                         "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "output_mode": "i32",
+                         "stride_x": "i32", **{k: "constexpr" for k in common}}
+            yield (f"gaussian_reconstruct[{size},{precision}]", _reconstruct_kernel, recon_sig, common,
+                   cfg.num_warps, cfg.num_stages, precision != "ieee")
+
+
+def targets(batch: int = 8192):
+    """(entry name, shape label, int args, grid) of both launches at the issue 14 target shapes
+    (B = 8192, d = 3072 and 12 288, r = d, d / 8 (gpu_check's) and 256, T = 1, x contiguous), from ``plan``; and
+    the former tiles at d = 3072 (the gpu_check A/B)."""
+    shapes = [(d, r, p, "tuned") for d in (3072, 12288) for r in (d, d // 8, 256) for p in PRECISIONS]
+    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in ("tf32", "bf16")]
+    for d, r, precision, variant in shapes:
+        p = plan(precision, batch, 1, d, r, variant=variant)
+        label = f"B={batch},d={d},r={r}" + ("" if variant == "tuned" else ",before")
+        for kind, launch, rows, cols in (("project", p.project, batch, r), ("reconstruct", p.reconstruct, batch, d)):
+            size = _entry_size(precision, rows, cols, variant)
+            args = {"n_rows": batch, "n_levels": 1, "dim": d, "rank": r, "stride_x": d}
+            if kind == "reconstruct":
+                args["output_mode"] = OUTPUTS["denoised"]
+            yield f"gaussian_{kind}[{size},{precision}]", label, args, launch.grid
