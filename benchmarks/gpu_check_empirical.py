@@ -55,7 +55,8 @@ def check_empirical(report: Report, device, *, smoke: bool) -> None:
         report.check("empirical jvp", f"N={n} d={d} B=4", _rel(jv, torch.stack([v[i].double() @ jac[i] for i in range(4)])),
                      1e-4)
     _check_exact_path(report, device, smoke=smoke)
-    check_bf16_rounding(report, device)
+    if not smoke:  # the interpreter's cast truncates: the claim is about CUDA (tests check the PTX)
+        check_bf16_rounding(report, device)
     for mode, tol in (("ieee", 1e-5), ("tf32", 1e-3), ("bf16", 2e-2)):  # the A/B's two kernels agree
         before = _legacy(dev_x, 2.0, den, mode).double().cpu()
         report.check("empirical kernel after vs before", f"N={n} d={d} B={b} sigma=2 {mode}",

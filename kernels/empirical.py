@@ -15,12 +15,14 @@ probes: in float64 by the caller, as weighted covariances). The alpha-rescaled a
 flash attention would be read and written per chunk as well (2 x 4 B d bytes), and its load
 beside the live accumulator spills on sm_80: each chunk's own accumulator is written once instead.
 
-Accumulator traffic at B = 1024, N = 50 000, d = 3072 (B d fp32 = 12.6 MB), tf32: 7 chunks of
-7168 rows, each summed over R = 2 row splits (8 x 24 x 2 = 384 CTAs, 2.9 waves of 132 SMs where
-R = 1 leaves 1.45), each written once and read once by the merge: 7 x 2 x 2 x 12.6 MB = 0.35 GB
-(bf16: 4 chunks, 0.2 GB). The kernel before moved acc through HBM for every 64 data rows: 19.7 GB.
-The price: S and P, 12 bytes per (query, row) (write S, read S, write P; P is read from L2 per
-column tile), 0.6 GB, and the centred copies, 12 bytes per data element in fp32 modes (1.8 GB).
+Accumulator traffic at B = 1024, N = 50 000, d = 3072 (B d fp32 = 12.6 MB), tf32 and bf16: 4
+chunks of 12 544 rows, each summed over R = 4 row splits (8 x 24 x 4 = 768 CTAs, 2 per SM: 2.9
+waves of 264, wave efficiency 0.97, where R = 1 gives 0.73), each split written once and read
+once by the merge: 4 x 4 x 2 x 12.6 MB = 0.40 GB (``_ACC_TRAFFIC_BYTES`` bounds it; ieee 0.20,
+tf32x3 0.10). The kernel before moved acc through HBM for every 64 data rows: 19.7 GB. The price:
+S and P, 12 bytes per (query, row) (write S, read S, write P; P is re-read from L2 per column
+tile), 0.6 GB, and the centred copies, 12 bytes per data element in fp32 modes (1.8 GB; 308 MB
+of workspace per chunk).
 Deterministic: fixed-order sums, window slots by prefix sums, no float atomics.
 """
 
@@ -49,11 +51,16 @@ SUMS_CONFIGS = {"ieee": TileConfig(64, 64, 16, 4, 2), "tf32": TileConfig(128, 12
 SOFTMAX = (1024, 4)
 #: Byte budgets: a chunk's centred copies (all of them); S plus P (all rows); the chunks'
 #: accumulators kept for one merge (more chunks than fit are merged group by group).
-_COPY_BYTES = 192 << 20
+_COPY_BYTES = 320 << 20
 _SCORE_BYTES = 128 << 20
 _PENDING_BYTES = 512 << 20
-#: Row splits of a chunk's weighted sum at most (each adds an [M, d] fp32 write and read).
-MAX_SUM_SPLITS = 2
+#: Row splits of a chunk's weighted sum at most, and the accumulator traffic they may cost in all
+#: (each split of each chunk writes [M, d] fp32 once, and the merge reads it once).
+MAX_SUM_SPLITS = 8
+_ACC_TRAFFIC_BYTES = 450 << 20
+#: CTAs of the weighted sum resident per SM on sm_90 (registers and shared memory, read by the
+#: compile gate), for whole waves.
+SUMS_CTAS_PER_SM = {"ieee": 4, "tf32": 2, "bf16": 2, "tf32x3": 2}
 #: Allocation of every output buffer (the kernel writes each element): tests poison it with NaN.
 _empty = torch.empty
 
@@ -85,11 +92,12 @@ def whole_wave_splits(blocks: int, sms: int, waves: int = 2) -> int:
     return max(1, waves * sms // blocks)
 
 
-def sum_splits(blocks: int, sms: int, rows: int, block_k: int, limit: int = MAX_SUM_SPLITS) -> int:
+def sum_splits(blocks: int, slots: int, rows: int, block_k: int, limit: int = MAX_SUM_SPLITS) -> int:
     """Row splits of the weighted sum: of 1..limit (at most one per BLOCK_K rows), the count whose
-    blocks x splits CTAs fill their waves best; the smaller on a tie."""
+    blocks x splits CTAs fill their waves of ``slots`` (SMs x CTAs per SM) best; the smaller on
+    a tie."""
     options = range(1, max(1, min(limit, triton.cdiv(rows, block_k))) + 1)
-    return max(options, key=lambda s: (round(wave_efficiency(blocks * s, sms), 9), -s))
+    return max(options, key=lambda s: (round(wave_efficiency(blocks * s, slots), 9), -s))
 
 
 class Plan(NamedTuple):
@@ -110,7 +118,9 @@ def plan(n_queries: int, n_probes: int, n_data: int, dim: int, precision: tuple[
     rows_p = n_queries * (1 + n_probes)
     chunk = chunk_rows(rows_p, n_data, dim, precision)
     blocks = triton.cdiv(rows_p, sums.block_m) * triton.cdiv(dim, sums.block_n)
-    splits = sum_splits(blocks, sms, chunk, sums.block_k)
+    chunks = triton.cdiv(n_data, chunk)
+    limit = max(1, min(MAX_SUM_SPLITS, _ACC_TRAFFIC_BYTES // (chunks * 8 * rows_p * dim)))
+    splits = sum_splits(blocks, sms * SUMS_CTAS_PER_SM[precision[1]], chunk, sums.block_k, limit)
     per = triton.cdiv(triton.cdiv(chunk, splits), sums.block_k) * sums.block_k
     splits = triton.cdiv(chunk, per)
     return Plan(chunk, splits, per, (triton.cdiv(n_queries, dots.block_m), triton.cdiv(chunk, dots.block_n)),
