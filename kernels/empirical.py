@@ -354,3 +354,11 @@ def gate_targets(sms: int = _H200_SMS):
             if name not in done:
                 done.add(name)
                 yield name, f"{label},chunk={c},splits={geo.splits}", args, grid
+    # D and one probe's J v (exact products, as J v runs), with the window of the exact path
+    geo = plan(b, 1, n, d, ("ieee", "ieee"), sms)
+    c, cfg = geo.chunk, DOTS_CONFIGS["ieee"]
+    label = f"{label},K=1,chunk={c},splits={geo.splits}"
+    yield ("empirical_dots[ieee,probes]", label, dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=d, stride_s=c),
+           (triton.cdiv(b, cfg.block_m), triton.cdiv(c, cfg.block_n)))
+    yield ("empirical_softmax[p=fp32,window]", label,
+           dict(n_queries=b, n_cols=c, stride_s=c, stride_p=c, n_probes=1, first_row=c, store_p=1), geo.softmax_grid)
