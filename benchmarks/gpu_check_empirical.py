@@ -55,6 +55,12 @@ def check_empirical(report: Report, device, *, smoke: bool) -> None:
         report.check("empirical jvp", f"N={n} d={d} B=4", _rel(jv, torch.stack([v[i].double() @ jac[i] for i in range(4)])),
                      1e-4)
     _check_exact_path(report, device, smoke=smoke)
+    if not smoke:  # the interpreter's cast truncates: the claim is about CUDA (tests check the PTX)
+        check_bf16_rounding(report, device)
+    for mode, tol in (("ieee", 1e-5), ("tf32", 1e-3), ("bf16", 2e-2)):  # the A/B's two kernels agree
+        before = _legacy(dev_x, 2.0, den, mode).double().cpu()
+        report.check("empirical kernel after vs before", f"N={n} d={d} B={b} sigma=2 {mode}",
+                     _rel(_after(dev_x, 2.0, den, mode), before), tol)
     dist, idx = fastgauss.nearest_neighbors(dev_x, dev_data, k=3)
     ref_dist, ref_idx = ref.nearest_neighbors(x, data, 3)
     report.check("nearest neighbours (indices differ)", f"N={n} d={d} B={b} k=3",
@@ -98,13 +104,83 @@ def _kernel_before(x, sigma, den):
     """The kernel's fp32 pass as it ran before the exact path (no windows): the same-run baseline."""
     from fastgauss.kernels.empirical import empirical_partial
 
+    m, l, acc = empirical_partial(*_kernel_args(x, sigma, den), precision=("ieee", "ieee"))
+    return acc / l[:, None] + den.data.center.to(x.device).float()
+
+
+def _kernel_args(x, sigma, den):
+    """(xc, inv_var, rows, center, norms) as fastgauss.ops.empirical.op passes them to a kernel launcher."""
     data = den.data
     center = data.center.to(x.device)
     xc = (x.double() - center).float().contiguous()
     inv_var = torch.full((x.shape[0],), 1 / sigma**2, device=x.device)
-    m, l, acc = empirical_partial(xc, inv_var, data.rows, center.float(), data.centred_norms(torch.float32, x.device),
-                                  precision=("ieee", "ieee"))
-    return acc / l[:, None] + center.float()
+    return xc, inv_var, data.rows, center.float(), data.centred_norms(torch.float32, x.device)
+
+
+def _legacy(x, sigma, den, mode, splits=None):
+    """D from the kernel before the restructure (issue 14), ``splits`` splits of the data."""
+    from empirical_legacy import empirical_partial as legacy
+
+    m, l, acc = legacy(*_kernel_args(x, sigma, den), precision=(mode, mode), splits=splits)
+    return acc / l[:, None]
+
+
+def _after(x, sigma, den, mode):
+    from fastgauss.kernels.empirical import empirical_partial
+
+    m, l, acc = empirical_partial(*_kernel_args(x, sigma, den), precision=(mode, mode))
+    return acc / l[:, None]
+
+
+def check_bf16_rounding(report: Report, device) -> None:
+    """The bf16 mode's pre-rounded operands (torch, fp32 -> bf16) equal the kernel's own rounding."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _round(src, dst, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(dst + offs, tl.load(src + offs, mask=offs < n).to(tl.bfloat16), mask=offs < n)
+
+    g = torch.Generator().manual_seed(11)
+    values = torch.cat([torch.randn(1 << 16, generator=g) * 3,
+                        (torch.arange(1 << 12) + 0.5).float() * 2.0**-7 + 1])  # halfway cases
+    src = values.to(device)
+    dst = torch.empty(src.shape, dtype=torch.bfloat16, device=device)
+    _round[(triton.cdiv(src.numel(), 1024),)](src, dst, src.numel(), BLOCK=1024)
+    report.check("bf16 pre-rounding equals the kernel's rounding (values differing)", f"n={src.numel()}",
+                 float((dst.view(torch.int16) != src.to(torch.bfloat16).view(torch.int16)).sum()), 0)
+
+
+def time_kernel_ab(report: Report, device, n: int = 50_000, d: int = 3072, b: int = 1024) -> None:
+    """A/B at issue 14's target shape: the kernel before (its 17 splits, and 16 = whole waves)
+    against the chunked kernel, tf32 and bf16 (ieee, on FMA, takes seconds a call there)."""
+    import triton
+    from fastgauss.kernels.empirical import whole_wave_splits
+
+    data = torch.rand(n, d, device=device) * 2 - 1
+    den = fastgauss.EmpiricalDenoiser(data)
+    x = data[torch.randint(0, n, (b,), device=device)] + 0.3 * torch.randn(b, d, device=device)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    blocks = triton.cdiv(b, 64)  # the old kernel's query blocks (BLOCK_M = 64)
+    today, whole = triton.cdiv(2 * sms, blocks), whole_wave_splits(blocks, sms)
+    for mode, tol in (("tf32", 1e-3), ("bf16", 2e-2)):
+        case = f"N={n} d={d} B={b} sigma=1 {mode}"
+        before = _legacy(x, 1.0, den, mode, today)
+        report.check("empirical kernel after vs before", case, _rel(_after(x, 1.0, den, mode), before.double().cpu()),
+                     tol)
+        name = f"empirical kernel before ({today} splits)"
+        report.time(name, case, bench_ms(lambda: _legacy(x, 1.0, den, mode, today)), flops=4 * b * n * d)
+        report.time(f"empirical kernel before ({whole} splits, whole waves)", case,
+                    bench_ms(lambda: _legacy(x, 1.0, den, mode, whole)), flops=4 * b * n * d, baseline=name)
+        report.time("empirical kernel after (chunks, acc in registers)", case,
+                    bench_ms(lambda: _after(x, 1.0, den, mode)), flops=4 * b * n * d, baseline=name)
+    q = 16  # J v multiplies in exact fp32 (FMA): 0.3 s a call at B = 16
+    v = torch.randn(1, q, d, device=device)
+    report.time("empirical D + J v, one kernel pass", f"N={n} d={d} B={q} K=1 sigma=1 ieee",
+                bench_ms(lambda: den.jvp(x[:q], 1.0, v), warmup_ms=1, rep_ms=1), flops=8 * q * n * d)
+    del den, data
+    torch.cuda.empty_cache()
 
 
 def time_exact_path(report: Report, device) -> None:
@@ -133,6 +209,7 @@ def _sdpa(x, sigma, data):
 
 
 def time_empirical(report: Report, device) -> None:
+    time_kernel_ab(report, device)
     n, d = 50_000, 3072
     data = (torch.rand(n, d, device=device) * 2 - 1)
     den = fastgauss.EmpiricalDenoiser(data)

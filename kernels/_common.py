@@ -27,6 +27,22 @@ def mma(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
 
 
 @triton.jit
+def dot_stored(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """acc + a @ b for operands already stored in the mode's dtype (bf16 for "bf16", fp32 for
+    "ieee", "tf32", "tf32x3"), passed straight from their loads: on CUDA nothing stands between
+    the load and the dot, so both operands stay in shared memory. The interpreter's bf16 dot is
+    broken: there the bf16 values are widened (exactly) and multiplied in fp32."""
+    if PRECISION == "bf16":
+        if EMULATE_BF16:
+            result = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            result = tl.dot(a, b, acc)
+    else:
+        result = tl.dot(a, b, acc, input_precision=PRECISION)
+    return result
+
+
+@triton.jit
 def load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y):
     """Tile [len(rows), len(ks)] of y - c; padded rows and columns are exactly zero."""
     c = tl.load(center_ptr + ks, mask=mask_k, other=0.0)

@@ -1,105 +1,238 @@
-"""Empirical denoiser partials: tiles of the training set stream past a block of queries.
+"""Empirical denoiser partials, flash-attention style: one chunk of data rows at a time.
 
-Per program: a block of BLOCK_M queries and a split of the data rows. For each tile of
-BLOCK_N data rows, the logits s = (x'.y' - |y'|^2 / 2) / sigma^2 are reduced over the whole
-feature dimension in BLOCK_K steps, the running max m and sum of exponentials l are updated
-(flash-attention style), and the weighted sum acc[BLOCK_M, d] is updated in BLOCK_K column
-steps held in fp32 scratch: d is tiled too, so it may be 12 288 or more. Each split writes
-its own (m, l, acc); the launcher merges the splits exactly (log-sum-exp), deterministic.
+Per chunk of C data rows, centred once here (y' = y - c, in each product's operand dtype; the
+fp32 weighted sum also gets the transpose, as tf32 wgmma takes K-major operands only), three
+kernels (``_empirical_jit``), every operand straight from memory into tl.dot:
+1. ``_dots_kernel``: S = X' Y'^T over the whole d, with the epilogue s = (x'.y' - |y'|^2 / 2) / sigma^2
+   ([B, C] fp32); with probes also their dots t = v . y' ([K B, C]).
+2. ``_softmax_kernel``, a program per query: the chunk's max m, p = exp(s - m) into P (the
+   weighted sum's dtype), l = sum p; rows inside a window recorded and left out; with probes the
+   centred J v weights p (t - t_best) (t_best: the dot of the best kept row, the reference).
+3. ``_weighted_sum_kernel``: acc = P Y', a GEMM whose [BLOCK_M, BLOCK_D] accumulator stays in
+   registers over the whole chunk (or a row split of it).
+The chunks' partials (m, l, acc) merge exactly by the log-sum-exp rule in the launcher (with
+probes: in float64 by the caller, as weighted covariances). The alpha-rescaled accumulator of
+flash attention would be read and written per chunk as well (2 x 4 B d bytes), and its load
+beside the live accumulator spills on sm_80: each chunk's own accumulator is written once instead.
+
+Accumulator traffic at B = 1024, N = 50 000, d = 3072 (B d fp32 = 12.6 MB), tf32 and bf16: 4
+chunks of 12 544 rows, each summed over R = 4 row splits (8 x 24 x 4 = 768 CTAs, 2 per SM: 2.9
+waves of 264, wave efficiency 0.97, where R = 1 gives 0.73), each split written once and read
+once by the merge: 4 x 4 x 2 x 12.6 MB = 0.40 GB (``_ACC_TRAFFIC_BYTES`` bounds it; ieee 0.20,
+tf32x3 0.10). The kernel before moved acc through HBM for every 64 data rows: 19.7 GB. The price:
+S and P, 12 bytes per (query, row) (write S, read S, write P; P is re-read from L2 per column
+tile), 0.6 GB, and the centred copies, 12 bytes per data element in fp32 modes (1.8 GB; 308 MB
+of workspace per chunk).
+Deterministic: fixed-order sums, window slots by prefix sums, no float atomics.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
-import triton.language as tl
 
-from ._common import TileConfig, centred_dots, load_centred_rows, mma, multiprocessors
+from ._common import TileConfig, multiprocessors
+from ._empirical_jit import _dots_kernel, _softmax_kernel, _weighted_sum_kernel
 
 #: (distance products, weighted-sum products): explicit modes use one precision for both; "auto"
-#: (in fastgauss.empirical) lowers the distances only where provably harmless and keeps the sum
+#: (in fastgauss.ops.empirical.op) lowers the distances only where provably harmless and keeps the sum
 #: at about fp32 accuracy on tensor cores (tf32x3).
 MODES = (("ieee", "ieee"), ("tf32", "tf32"), ("bf16", "bf16"), ("tf32", "tf32x3"), ("bf16", "tf32x3"))
-
-
-@triton.jit
-def _empirical_partial_kernel(
-    xc_ptr, inv_var_ptr, y_ptr, center_ptr, norms_ptr,
-    m_ptr, l_ptr, acc_ptr,
-    thr_ptr, cnt_ptr, cidx_ptr, cs_ptr,
-    n_queries, n_data, dim, rows_per_split,
-    stride_y,
-    QK_PRECISION: tl.constexpr, PV_PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    WINDOW: tl.constexpr, MAX_ONLY: tl.constexpr, CAP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """xc: [B, d] centred queries (contiguous); y: [N, d] raw data rows (unit column stride),
-    centred in the kernel with center [d]; norms: [N] squared norms of the centred rows.
-    Writes m, l: [S, B] and acc: [S, B, d] (every element, whatever it held) for split
-    S = program_id(1); m is the maximum over all rows.
-    WINDOW: rows whose logit is >= thr [B] are left out of l and acc and recorded instead:
-    cnt [B] (int32, zeroed) counts them per query, the first CAP go to cidx [B, CAP] (row
-    index) and cs [B, CAP] (logit), in no particular order. MAX_ONLY: only m and l."""
-    pid_m = tl.program_id(0)
-    split = tl.program_id(1)
-    q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_q = q < n_queries
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    inv_var = tl.load(inv_var_ptr + q, mask=mask_q, other=1.0)
-    row_start = split * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, n_data)
-    acc_base = acc_ptr + split.to(tl.int64) * n_queries * dim + q[:, None].to(tl.int64) * dim
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    if not MAX_ONLY:
-        for k0 in range(0, dim, BLOCK_K):  # the accumulator starts at zero whatever the buffer held
-            ks = k0 + offs_k
-            tl.store(acc_base + ks[None, :], tl.zeros((BLOCK_M, BLOCK_K), tl.float32),
-                     mask=mask_q[:, None] & (ks < dim)[None, :])
-    if WINDOW:
-        thr = tl.load(thr_ptr + q, mask=mask_q, other=float("inf"))
-    for n0 in range(row_start, row_end, BLOCK_N):
-        rows = n0 + offs_n
-        mask_n = rows < row_end
-        logits = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                              QK_PRECISION, EMULATE_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
-        norms = tl.load(norms_ptr + rows, mask=mask_n, other=0.0)
-        logits = (logits - 0.5 * norms[None, :]) * inv_var[:, None]
-        logits = tl.where(mask_n[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))  # over all rows, recorded ones included
-        if WINDOW:
-            inside = (logits >= thr[:, None]) & mask_n[None, :] & mask_q[:, None]
-            slot = tl.atomic_add(cnt_ptr + q[:, None] + 0 * offs_n[None, :], 1, mask=inside)
-            keep = inside & (slot < CAP)
-            where = q[:, None].to(tl.int64) * CAP + slot
-            tl.store(cidx_ptr + where, rows[None, :] + 0 * q[:, None], mask=keep)
-            tl.store(cs_ptr + where, logits, mask=keep)
-            logits = tl.where(inside, float("-inf"), logits)
-        alpha = tl.exp(m_i - m_new)  # 0 on the first tile (m_i = -inf, acc is zero)
-        p = tl.exp(logits - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-        if not MAX_ONLY:
-            for k0 in range(0, dim, BLOCK_K):
-                ks = k0 + offs_k
-                mask_k = ks < dim
-                y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
-                acc_ptrs = acc_base + ks[None, :]
-                mask_acc = mask_q[:, None] & mask_k[None, :]
-                acc = tl.load(acc_ptrs, mask=mask_acc, other=0.0) * alpha[:, None]
-                acc = mma(p, y, acc, PV_PRECISION, EMULATE_BF16)
-                tl.store(acc_ptrs, acc, mask=mask_acc)
-    tl.store(m_ptr + split * n_queries + q, m_i, mask=mask_q)
-    tl.store(l_ptr + split * n_queries + q, l_i, mask=mask_q)
-
-
-#: Launch configurations by product family; the compile gate builds each of them.
-CONFIGS = {"fma": TileConfig(64, 32, 16, 8, 2), "mma": TileConfig(64, 64, 16, 8, 2)}
-#: Upper bound on the per-split fp32 scratch (splits x B x d).
-_SCRATCH_BYTES = 512 << 20
+#: Launch configurations by the product's precision (the compile gate builds each; each fits
+#: sm_80's registers too). Distances: block_n counts data rows, block_k features; weighted sum:
+#: block_n is BLOCK_D (features), block_k counts data rows.
+DOTS_CONFIGS = {"ieee": TileConfig(64, 64, 16, 4, 2), "tf32": TileConfig(128, 128, 16, 8, 3),
+                "bf16": TileConfig(128, 128, 32, 8, 3), "tf32x3": TileConfig(64, 64, 16, 8, 3)}
+SUMS_CONFIGS = {"ieee": TileConfig(64, 64, 16, 4, 2), "tf32": TileConfig(128, 128, 32, 8, 3),
+                "bf16": TileConfig(128, 128, 32, 8, 3), "tf32x3": TileConfig(64, 64, 16, 8, 3)}
+#: The softmax kernel: columns per step, warps.
+SOFTMAX = (1024, 4)
+#: Byte budgets: a chunk's centred copies (all of them); S plus P (all rows); the chunks'
+#: accumulators kept for one merge (more chunks than fit are merged group by group).
+_COPY_BYTES = 320 << 20
+_SCORE_BYTES = 128 << 20
+_PENDING_BYTES = 512 << 20
+#: Row splits of a chunk's weighted sum at most, and the accumulator traffic they may cost in all
+#: (each split of each chunk writes [M, d] fp32 once, and the merge reads it once).
+MAX_SUM_SPLITS = 8
+_ACC_TRAFFIC_BYTES = 450 << 20
+#: CTAs of the weighted sum resident per SM on sm_90 (registers and shared memory, read by the
+#: compile gate), for whole waves.
+SUMS_CTAS_PER_SM = {"ieee": 4, "tf32": 2, "bf16": 2, "tf32x3": 2}
 #: Allocation of every output buffer (the kernel writes each element): tests poison it with NaN.
 _empty = torch.empty
+
+
+def copy_bytes_per_element(precision: tuple[str, str]) -> int:
+    """Bytes per data element of a chunk's centred copies: bf16 [C, d] serves both products of
+    "bf16"; fp32 products take [C, d] for the distances and [d, C] for the weighted sum."""
+    qk, pv = precision
+    return (2 if qk == "bf16" else 4) + (0 if pv == "bf16" else 4) + (4 if qk == "bf16" and pv != "bf16" else 0)
+
+
+def chunk_rows(n_rows_p: int, n_data: int, dim: int, precision: tuple[str, str]) -> int:
+    """Data rows per chunk: the copies and S + P ([n_rows_p, C] fp32 each) within their budgets,
+    chunks of equal size (a multiple of 128 rows). n_rows_p: queries x (1 + probes)."""
+    most = min(_COPY_BYTES // (copy_bytes_per_element(precision) * dim), _SCORE_BYTES // (8 * n_rows_p))
+    most = max(128, most // 128 * 128)
+    chunks = triton.cdiv(n_data, most)
+    return min(n_data, triton.cdiv(triton.cdiv(n_data, chunks), 128) * 128)
+
+
+def wave_efficiency(ctas: int, sms: int) -> float:
+    """(CTAs / SMs) / ceil(CTAs / SMs): how busy the machine is over the waves a grid takes."""
+    return (ctas / sms) / triton.cdiv(ctas, sms)
+
+
+def whole_wave_splits(blocks: int, sms: int, waves: int = 2) -> int:
+    """Splits of the data for ``blocks`` query blocks so that blocks x splits fills ``waves`` whole
+    waves without passing them (17 x 16 = 272 CTAs on 132 SMs becomes 16 x 16 = 256)."""
+    return max(1, waves * sms // blocks)
+
+
+def sum_splits(blocks: int, slots: int, rows: int, block_k: int, limit: int = MAX_SUM_SPLITS) -> int:
+    """Row splits of the weighted sum: of 1..limit (at most one per BLOCK_K rows), the count whose
+    blocks x splits CTAs fill their waves of ``slots`` (SMs x CTAs per SM) best; the smaller on
+    a tie."""
+    options = range(1, max(1, min(limit, triton.cdiv(rows, block_k))) + 1)
+    return max(options, key=lambda s: (round(wave_efficiency(blocks * s, slots), 9), -s))
+
+
+class Plan(NamedTuple):
+    """Chunk size, weighted-sum splits and the three grids of one call (pure function of shapes)."""
+
+    chunk: int
+    splits: int
+    rows_per_split: int
+    dots_grid: tuple
+    softmax_grid: tuple
+    sums_grid: tuple
+
+
+def plan(n_queries: int, n_probes: int, n_data: int, dim: int, precision: tuple[str, str], sms: int) -> Plan:
+    """The launch geometry for B = n_queries queries with K = n_probes probes against n_data rows
+    (the grids of a full chunk; the last chunk's distance grid has fewer columns)."""
+    dots, sums = DOTS_CONFIGS[precision[0]], SUMS_CONFIGS[precision[1]]
+    rows_p = n_queries * (1 + n_probes)
+    chunk = chunk_rows(rows_p, n_data, dim, precision)
+    blocks = triton.cdiv(rows_p, sums.block_m) * triton.cdiv(dim, sums.block_n)
+    chunks = triton.cdiv(n_data, chunk)
+    limit = max(1, min(MAX_SUM_SPLITS, _ACC_TRAFFIC_BYTES // (chunks * 8 * rows_p * dim)))
+    splits = sum_splits(blocks, sms * SUMS_CTAS_PER_SM[precision[1]], chunk, sums.block_k, limit)
+    per = triton.cdiv(triton.cdiv(chunk, splits), sums.block_k) * sums.block_k
+    splits = triton.cdiv(chunk, per)
+    return Plan(chunk, splits, per, (triton.cdiv(n_queries, dots.block_m), triton.cdiv(chunk, dots.block_n)),
+                (n_queries,), (triton.cdiv(rows_p, sums.block_m), triton.cdiv(dim, sums.block_n), splits))
+
+
+def untile(acc: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """[..., rows, dim] from a tile-major [..., M tiles, d tiles, BLOCK_M, BLOCK_D] accumulator."""
+    *lead, tm, td, bm, bd = acc.shape
+    return acc.transpose(-3, -2).reshape(*lead, tm * bm, td * bd)[..., :rows, :dim]
+
+
+class ChunkPartial(NamedTuple):
+    """One chunk's partial (m, l: [B]; acc: [B, d] = sum p y' with p = exp(s - m)) and, with
+    probes, ref: [B, d] the centred row of largest kept logit (fp32), spt: [K, B] sum of
+    p (y' - ref) . v and g: [K, B, d] sum of p ((y' - ref) . v) y'. records: the window's
+    (count [B], index [B, cap], logit [B, cap]) over the call so far, or None."""
+
+    start: int
+    m: torch.Tensor
+    l: torch.Tensor
+    acc: torch.Tensor | None
+    ref: torch.Tensor | None
+    spt: torch.Tensor | None
+    g: torch.Tensor | None
+    records: tuple | None
+
+
+def _operands(block: torch.Tensor, center: torch.Tensor, precision: tuple[str, str]):
+    """(distance operand [c, d], (weighted-sum operand, transposed?), fp32 copy [c, d]) of a chunk
+    centred once: y' = y - c in fp32, then rounded to bf16 where a product is bf16 (the value
+    the kernel rounded before)."""
+    qk, pv = precision
+    yc = block - center
+    y_qk = yc.to(torch.bfloat16) if qk == "bf16" else yc
+    if pv == "bf16":
+        return y_qk, (y_qk if qk == "bf16" else yc.to(torch.bfloat16), False), yc
+    return y_qk, (yc.T.contiguous(), True), yc
+
+
+def _chunks(xc, inv_var, data, center, norms, probes, precision, threshold, cap, max_only, slots):
+    """Runs the three kernels chunk by chunk; yields (ChunkPartial (acc, g: None), slot, buffer):
+    the chunk's accumulators are slot ``i % slots`` of buffer, tile-major [slots, R, M tiles,
+    d tiles, BLOCK_M, BLOCK_D] (None with max_only)."""
+    qk, pv = precision
+    n_queries, dim = xc.shape
+    n_data = data.shape[0]
+    k = 0 if probes is None else probes.shape[0]
+    dev = xc.device
+    geo = plan(n_queries, k, n_data, dim, precision, multiprocessors(dev))
+    s_cfg = SUMS_CONFIGS[pv]
+    rows_p = n_queries * (1 + k)
+    emulate = dev.type != "cuda"
+    x_qk = xc.to(torch.bfloat16) if qk == "bf16" else xc  # fp32 first, then bf16: as the kernel rounded it
+    v_pv = None if probes is None else probes.reshape(k * n_queries, dim)
+    if v_pv is not None and pv == "bf16":
+        v_pv = v_pv.to(torch.bfloat16)
+    window = threshold is not None
+    f32 = dict(dtype=torch.float32, device=dev)
+    thr = threshold.to(**f32).contiguous() if window else inv_var
+    if window:
+        records = (torch.zeros(n_queries, dtype=torch.int32, device=dev),
+                   _empty((n_queries, cap), dtype=torch.int32, device=dev), _empty((n_queries, cap), **f32))
+    else:
+        records = None
+    count, cidx, cs = records if window else (inv_var, inv_var, inv_var)  # never read without a window
+    s = _empty((rows_p, geo.chunk), **f32)
+    p = _empty((rows_p, geo.chunk), dtype=torch.bfloat16 if pv == "bf16" else torch.float32, device=dev)
+    best = _empty((n_queries,), dtype=torch.int32, device=dev)
+    spt = _empty((max(k, 1), n_queries), **f32)
+    acc = None if max_only else _empty((slots, geo.splits, *geo.sums_grid[:2], s_cfg.block_m, s_cfg.block_n), **f32)
+    for i, start in enumerate(range(0, n_data, geo.chunk)):
+        c = min(geo.chunk, n_data - start)
+        y_qk, (y_pv, transposed), yc = _operands(data[start:start + c], center, precision)
+        m, l = _empty((n_queries,), **f32), _empty((n_queries,), **f32)
+        launches = [(x_qk, y_qk, s, n_queries, True, qk)]
+        if k and not max_only:  # the probes' dots in the weighted sum's mode
+            launches.append((v_pv, y_qk if pv == "bf16" else yc, s[n_queries:], k * n_queries, False, pv))
+        for a, y, out, rows, logits, mode in launches:
+            cfg = DOTS_CONFIGS[mode]
+            _dots_kernel[(triton.cdiv(rows, cfg.block_m), triton.cdiv(c, cfg.block_n))](
+                a, y, norms[start:start + c], inv_var, out, rows, c, dim, y.stride(0), s.stride(0),
+                LOGITS=logits, PRECISION=mode, EMULATE_BF16=emulate, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        _softmax_kernel[geo.softmax_grid](
+            s, p, m, l, best, spt, thr, count, cidx, cs, n_queries, c, s.stride(0), p.stride(0),
+            0 if max_only else k, start, int(not max_only), WINDOW=window, CAP=cap if window else 1,
+            BLOCK_C=SOFTMAX[0], num_warps=SOFTMAX[1])
+        if not max_only:
+            _weighted_sum_kernel[geo.sums_grid](
+                p, y_pv, acc[i % slots], rows_p, c, dim, geo.rows_per_split, p.stride(0), y_pv.stride(0),
+                Y_TRANSPOSED=transposed, PRECISION=pv, EMULATE_BF16=emulate, BLOCK_M=s_cfg.block_m,
+                BLOCK_D=s_cfg.block_n, BLOCK_K=s_cfg.block_k, num_warps=s_cfg.num_warps,
+                num_stages=s_cfg.num_stages)
+        ref = None if not k or max_only else yc.index_select(0, best.to(torch.long))
+        yield ChunkPartial(start, m, l, None, ref, spt[:k], None, records), i % slots, acc
+
+
+def _merge(m_run, l_run, acc_run, ms, ls, accs):
+    """Exact log-sum-exp merge of a running (m, l, acc) (None at first) with chunks' ms, ls: [G, B]
+    and accs: [G, B, d] (None: m and l only)."""
+    if m_run is not None:
+        ms, ls = torch.cat([ms, m_run[None]]), torch.cat([ls, l_run[None]])
+    top = ms.max(0).values
+    scale = torch.exp(ms - top)  # every m is finite: every chunk has rows
+    l_all = (ls * scale).sum(0)
+    if accs is None:
+        return top, l_all, None
+    acc_all = (accs * scale[:accs.shape[0], :, None]).sum(0)
+    if acc_run is not None:
+        acc_all += acc_run * scale[-1, :, None]
+    return top, l_all, acc_all
 
 
 def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
@@ -108,84 +241,124 @@ def empirical_partial(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tenso
     """Merged softmax partial (m [B], l [B], acc [B, d]) of every row of ``data`` for queries xc.
 
     xc: [B, d] float32 contiguous, centred on ``center``; inv_var: [B] = 1 / sigma^2 float32;
-    data: [N, d] float32 with unit column stride (raw, centred in the kernel); center: [d]
+    data: [N, d] float32 with unit column stride (raw, centred here chunk by chunk); center: [d]
     float32; norms: [N] float32 squared norms of the centred rows; precision: one of MODES,
     (distance products, weighted-sum products). m is the largest logit of each query.
     threshold: [B] float32 or None; rows whose logit is >= it are left out of l and acc and
     returned as well: (m, l, acc, count [B] int32, index [B, cap] int32, logit [B, cap] float32),
-    the first min(count, cap) slots of each query filled (unordered). max_only: (m, l, None).
+    the first min(count, cap) slots of each query filled (in row order). max_only: (m, l, None).
     """
-    qk, pv = precision
     n_queries, dim = xc.shape
     n_data = data.shape[0]
-    cfg = CONFIGS["fma" if precision == ("ieee", "ieee") else "mma"]
-    query_blocks = triton.cdiv(n_queries, cfg.block_m)
-    want = triton.cdiv(2 * multiprocessors(xc.device), query_blocks)
-    fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
-    splits = max(1, min(want, fit, triton.cdiv(n_data, cfg.block_n)))
-    rows_per_split = triton.cdiv(n_data, splits)
-    splits = triton.cdiv(n_data, rows_per_split)
-    dev = xc.device
-    m = _empty((splits, n_queries), dtype=torch.float32, device=dev)
-    l = _empty((splits, n_queries), dtype=torch.float32, device=dev)
-    acc = m if max_only else _empty((splits, n_queries, dim), dtype=torch.float32, device=dev)
-    window = threshold is not None
-    if window:
-        thr = threshold.to(device=dev, dtype=torch.float32).contiguous()
-        count = torch.zeros(n_queries, dtype=torch.int32, device=dev)
-        cidx = _empty((n_queries, cap), dtype=torch.int32, device=dev)
-        cs = _empty((n_queries, cap), dtype=torch.float32, device=dev)
-    else:
-        thr, count, cidx, cs = m, m, m, m  # never read
-    _empirical_partial_kernel[(query_blocks, splits)](
-        xc, inv_var, data, center, norms, m, l, acc, thr, count, cidx, cs,
-        n_queries, n_data, dim, rows_per_split, data.stride(0),
-        QK_PRECISION=qk, PV_PRECISION=pv, EMULATE_BF16=xc.device.type != "cuda",
-        WINDOW=window, MAX_ONLY=max_only, CAP=cap if window else 1,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    m_all = m.max(0).values
-    scale = torch.exp(m - m_all)  # [S, B]
-    l_all = (l * scale).sum(0)
-    if max_only:
-        return m_all, l_all, None
-    acc_all = (acc * scale[..., None]).sum(0)
-    if window:
-        return m_all, l_all, acc_all, count, cidx, cs
-    return m_all, l_all, acc_all
+    geo = plan(n_queries, 0, n_data, dim, precision, multiprocessors(xc.device))
+    slots = max(1, min(triton.cdiv(n_data, geo.chunk), _PENDING_BYTES // (4 * geo.splits * n_queries * dim)))
+    run = (None, None, None)
+    ms, ls = [], []
+    for part, slot, buffer in _chunks(xc, inv_var, data, center, norms, None, precision, threshold, cap,
+                                      max_only, slots):
+        ms.append(part.m)
+        ls.append(part.l)
+        if slot == slots - 1 or part.start + geo.chunk >= n_data:  # a full group, or the last chunk
+            accs = None if max_only else untile(buffer[:slot + 1].sum(1), n_queries, dim)
+            run = _merge(*run, torch.stack(ms), torch.stack(ls), accs)
+            ms, ls = [], []
+    if threshold is not None:
+        return (*run, *part.records)
+    return run
+
+
+def empirical_probe_chunks(xc: torch.Tensor, inv_var: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
+                           norms: torch.Tensor, probes: torch.Tensor, *, precision: tuple[str, str],
+                           threshold: torch.Tensor | None = None, cap: int = 256):
+    """D and the K probes' J v from one pass over ``data``: yields a ChunkPartial per chunk.
+
+    Arguments as ``empirical_partial``; probes: [K, B, d] float32 contiguous (raw tangents).
+    The caller merges the chunks exactly (weighted covariances, Chan et al.), in float64."""
+    n_queries, dim = xc.shape
+    k = probes.shape[0]
+    for part, slot, buffer in _chunks(xc, inv_var, data, center, norms, probes, precision, threshold, cap,
+                                      False, 1):
+        total = untile(buffer[slot].sum(0), n_queries * (1 + k), dim)
+        yield part._replace(acc=total[:n_queries], g=total[n_queries:].reshape(k, n_queries, dim))
+
+
+_DTYPE = {"bf16": "*bf16"}
+TARGET = dict(n_queries=1024, n_data=50_000, dim=3072)  # issue 14's target shape
+_H200_SMS = 132
+
+
+def _entry_names(qk: str, pv: str) -> dict:
+    return {"dots": f"empirical_dots[{qk}]", "probe_dots": f"empirical_dots[{pv},probes]",
+            "softmax": f"empirical_softmax[p={'bf16' if pv == 'bf16' else 'fp32'}]",
+            "sums": f"empirical_sums[{pv}]"}
 
 
 def gate_entries():
     """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
-    signature = {"xc_ptr": "*fp32", "inv_var_ptr": "*fp32", "y_ptr": "*fp32", "center_ptr": "*fp32",
-                 "norms_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
-                 "thr_ptr": "*fp32", "cnt_ptr": "*i32", "cidx_ptr": "*i32", "cs_ptr": "*fp32",
-                 "n_queries": "i32", "n_data": "i32", "dim": "i32", "rows_per_split": "i32", "stride_y": "i32"}
-    variants = [(qk, pv, False, False) for qk, pv in MODES] + [("ieee", "ieee", True, False), ("ieee", "ieee", False, True)]
-    for qk, pv, window, max_only in variants:
-        cfg = CONFIGS["fma" if (qk, pv) == ("ieee", "ieee") else "mma"]
-        constexprs = {"QK_PRECISION": qk, "PV_PRECISION": pv, "EMULATE_BF16": False, "WINDOW": window,
-                      "MAX_ONLY": max_only, "CAP": 256 if window else 1,
-                      "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
-        tag = ",window" if window else (",max-only" if max_only else "")
-        yield (f"empirical_partial[{qk},{pv}{tag}]", _empirical_partial_kernel, signature, constexprs,
-               cfg.num_warps, cfg.num_stages, qk != "ieee")
-
-
-def gate_targets(sms: int = 132):
-    """(entry name, shape label, int args, grid) of each product mode's launch at the target shape
-    B = 1024, N = 50 000, d = 3072 on a GPU with ``sms`` SMs, for the compile gate. Repeats the
-    split arithmetic of empirical_partial."""
-    n_queries, n_data, dim = 1024, 50000, 3072
+    ints = lambda *names: {n: "i32" for n in names}  # noqa: E731
+    seen = set()
     for qk, pv in MODES:
-        cfg = CONFIGS["fma" if (qk, pv) == ("ieee", "ieee") else "mma"]
-        query_blocks = triton.cdiv(n_queries, cfg.block_m)
-        want = triton.cdiv(2 * sms, query_blocks)
-        fit = max(1, _SCRATCH_BYTES // (4 * n_queries * dim))
-        splits = max(1, min(want, fit, triton.cdiv(n_data, cfg.block_n)))
-        rows_per_split = triton.cdiv(n_data, splits)
-        splits = triton.cdiv(n_data, rows_per_split)
-        yield (f"empirical_partial[{qk},{pv}]", f"B={n_queries},N={n_data},d={dim}",
-               {"n_queries": n_queries, "n_data": n_data, "dim": dim, "rows_per_split": rows_per_split,
-                "stride_y": dim},
-               (query_blocks, splits))
+        names = _entry_names(qk, pv)
+        s_cfg = SUMS_CONFIGS[pv]
+        for name, logits, prec in ((names["dots"], True, qk), (names["probe_dots"], False, pv)):
+            d_cfg = DOTS_CONFIGS[prec]
+            if name in seen or (not logits and pv not in ("ieee", "tf32x3")):  # J v runs in these
+                continue
+            seen.add(name)
+            op = _DTYPE.get(prec, "*fp32")
+            sig = {"a_ptr": op, "y_ptr": op, "norms_ptr": "*fp32", "inv_var_ptr": "*fp32", "s_ptr": "*fp32",
+                   **ints("n_rows_a", "n_rows_y", "dim", "stride_y", "stride_s")}
+            yield (name, _dots_kernel, sig, {"LOGITS": logits, "PRECISION": prec, "EMULATE_BF16": False,
+                                            "BLOCK_M": d_cfg.block_m, "BLOCK_N": d_cfg.block_n,
+                                            "BLOCK_K": d_cfg.block_k},
+                   d_cfg.num_warps, d_cfg.num_stages, prec != "ieee")
+        if names["sums"] not in seen:
+            seen.add(names["sums"])
+            op = _DTYPE.get(pv, "*fp32")
+            sig = {"p_ptr": op, "y_ptr": op, "acc_ptr": "*fp32",
+                   **ints("n_rows_p", "n_cols", "dim", "rows_per_split", "stride_p", "stride_y")}
+            yield (names["sums"], _weighted_sum_kernel, sig,
+                   {"Y_TRANSPOSED": pv != "bf16", "PRECISION": pv, "EMULATE_BF16": False, "BLOCK_M": s_cfg.block_m,
+                    "BLOCK_D": s_cfg.block_n, "BLOCK_K": s_cfg.block_k},
+                   s_cfg.num_warps, s_cfg.num_stages, pv != "ieee")
+    sig = {"s_ptr": "*fp32", "p_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32",
+           "best_ptr": "*i32", "spt_ptr": "*fp32", "thr_ptr": "*fp32", "cnt_ptr": "*i32", "cidx_ptr": "*i32",
+           "cs_ptr": "*fp32",
+           **ints("n_queries", "n_cols", "stride_s", "stride_p", "n_probes", "first_row", "store_p")}
+    for tag, p_type, window in (("p=fp32", "*fp32", False), ("p=bf16", "*bf16", False),
+                                ("p=fp32,window", "*fp32", True)):
+        yield (f"empirical_softmax[{tag}]", _softmax_kernel, dict(sig, p_ptr=p_type),
+               {"WINDOW": window, "CAP": 256 if window else 1,
+                "BLOCK_C": SOFTMAX[0]}, SOFTMAX[1], 1, False)
+
+
+def gate_targets(sms: int = _H200_SMS):
+    """(entry name, shape label, int args, grid) of every launch at the target shape on an H200
+    (first chunk; the launcher's own arithmetic, ``plan``)."""
+    b, n, d = TARGET["n_queries"], TARGET["n_data"], TARGET["dim"]
+    label = f"B={b},N={n},d={d}"
+    done = set()
+    for qk, pv in MODES:
+        geo = plan(b, 0, n, d, (qk, pv), sms)
+        names = _entry_names(qk, pv)
+        c = geo.chunk
+        fp32_sum = pv != "bf16"
+        launches = (
+            (names["dots"], dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=d, stride_s=c), geo.dots_grid),
+            (names["softmax"], dict(n_queries=b, n_cols=c, stride_s=c, stride_p=c, n_probes=0, first_row=0,
+                                    store_p=1),
+             geo.softmax_grid),
+            (names["sums"], dict(n_rows_p=b, n_cols=c, dim=d, rows_per_split=geo.rows_per_split, stride_p=c,
+                                 stride_y=c if fp32_sum else d), geo.sums_grid))
+        for name, args, grid in launches:
+            if name not in done:
+                done.add(name)
+                yield name, f"{label},chunk={c},splits={geo.splits}", args, grid
+    # D and one probe's J v (exact products, as J v runs), with the window of the exact path
+    geo = plan(b, 1, n, d, ("ieee", "ieee"), sms)
+    c, cfg = geo.chunk, DOTS_CONFIGS["ieee"]
+    label = f"{label},K=1,chunk={c},splits={geo.splits}"
+    yield ("empirical_dots[ieee,probes]", label, dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=d, stride_s=c),
+           (triton.cdiv(b, cfg.block_m), triton.cdiv(c, cfg.block_n)))
+    yield ("empirical_softmax[p=fp32,window]", label,
+           dict(n_queries=b, n_cols=c, stride_s=c, stride_p=c, n_probes=1, first_row=c, store_p=1), geo.softmax_grid)

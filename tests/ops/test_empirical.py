@@ -268,8 +268,8 @@ def _tie_data(d: int, n: int, seed: int):
 
 @pytest.mark.parametrize("kind", ["memorized", "between"])
 def test_jvp_and_sigma_derivative_at_every_sigma(backend, kind):
-    # the derivatives run on PyTorch on both backends (the kernel gives D inside torch.func.jvp):
-    # d = 1024 keeps the interpreted kernel's share of CI time small
+    # on "triton" D and J v come from the kernels (one pass), dD/dsigma from PyTorch:
+    # d = 1024 keeps the interpreted kernels' share of CI time small
     d, n = (3072 if backend == "torch" else 1024), 48
     data = _tie_data(d, n, 22)
     g = torch.Generator().manual_seed(23)
@@ -474,3 +474,118 @@ def test_jacobian_spectrum_through_the_exact_small_sigma_path():
     jac = ref.empirical_jacobian(x.reshape(1, -1).double(), sigma, data.reshape(40, -1).double()).reshape(16, 16)
     expected = torch.linalg.svdvals(jac)[:2]
     assert torch.allclose(s.double(), expected, rtol=1e-4, atol=1e-6), (s, expected)
+
+
+def _poison(monkeypatch):
+    from fastgauss.kernels import empirical as kernel
+
+    def poisoned(shape, *, dtype, device):
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -7, dtype=dtype, device=device)
+
+    monkeypatch.setattr(kernel, "_empty", poisoned)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "bf16"])
+def test_kernel_chunks_and_splits_past_the_largest_tiles(monkeypatch, precision):
+    """Several chunks (the last one short), two row splits of the weighted sum, merges of groups of
+    chunks, B and d past the 128 x 128 tiles, outputs poisoned with NaN."""
+    from fastgauss.kernels import empirical as kernel
+
+    monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
+    _poison(monkeypatch)
+    g = torch.Generator().manual_seed(30)
+    n, d, b = 301, 133, 131
+    monkeypatch.setattr(kernel, "_COPY_BYTES", 128 * d * kernel.copy_bytes_per_element((precision, precision)))
+    monkeypatch.setattr(kernel, "_PENDING_BYTES", 2 * 4 * 2 * b * d)  # two chunks per merge
+    mode = (precision, precision)
+    sms = next(s for s in range(1, 64) if kernel.plan(b, 0, n, d, mode, s).splits == 2)  # two splits
+    monkeypatch.setattr(kernel, "multiprocessors", lambda device: sms)
+    assert kernel.plan(b, 0, n, d, mode, sms).chunk == 128  # 3 chunks: 128, 128, 45 rows
+    data = torch.rand(n, d, generator=g) * 2 - 1
+    x = data[torch.randint(0, n, (b,), generator=g)] + 0.3 * torch.randn(b, d, generator=g)
+    sigma = torch.exp(torch.empty(b).uniform_(0.5, 3, generator=g))
+    calls = _kernel_calls(monkeypatch)
+    got = fastgauss.empirical_denoise(x, sigma, data, precision=precision)
+    # the interpreter multiplies tf32 in fp32; bf16 operands are rounded (emulated exactly)
+    assert rel_err(got, ref.empirical_denoiser(x, sigma, data)) < (2e-2 if precision == "bf16" else 5e-5)
+    assert calls
+
+
+def test_bf16_operands_rounded_before_the_kernel_are_the_kernels_own(tmp_path):
+    """x' and y' are rounded to bf16 by torch from their fp32 values; the kernels rounded the same
+    fp32 values with .to(tl.bfloat16), which compiles to cvt.rn.bf16.f32 (round to nearest even;
+    read from the PTX built for sm_90 and sm_80, since the interpreter's cast truncates). torch's
+    rounding is checked bit by bit against round-to-nearest-even on the fp32 bits, ties included;
+    gpu_check compares the two on a GPU."""
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(31)
+    halfway = 1 + (torch.arange(128, dtype=torch.float32) + 0.5) * 2.0**-7  # ties between two bf16
+    src = torch.cat([torch.randn(4099, generator=g) * 3, halfway, -halfway, torch.tensor([0.0, -0.0, 1e-40])])
+    bits = src.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    nearest_even = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+    assert torch.equal(src.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF, nearest_even)
+    script = (
+        "import triton, triton.language as tl\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "from triton.compiler import ASTSource\n"
+        "@triton.jit\n"
+        "def cast(src, dst):\n"
+        "    offs = tl.arange(0, 128)\n"
+        "    tl.store(dst + offs, tl.load(src + offs).to(tl.bfloat16))\n"
+        "for arch in (80, 90):\n"
+        "    k = triton.compile(ASTSource(cast, {'src': '*fp32', 'dst': '*bf16'}, {}), target=GPUTarget('cuda', arch, 32))\n"
+        "    print(arch, 'cvt.rn.bf16' in k.asm['ptx'], 'cvt.rz' in k.asm['ptx'])\n")
+    (tmp_path / "cast.py").write_text(script)  # triton.jit reads the source from a file
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(tmp_path / "cast.py")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["80", "True", "False", "90", "True", "False"], out.stdout
+
+
+@pytest.mark.parametrize("kind", ["memorized", "between"])
+def test_kernel_jvp_is_one_pass_over_chunks(monkeypatch, kind):
+    """D and the K probes' J v from the kernels (spied), over several chunks, exact to float64 where
+    the sums cancel (sigma = 0.002 at a memorized point: J = 0) and where they do not."""
+    from fastgauss.kernels import empirical as kernel
+
+    monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
+    _poison(monkeypatch)
+    monkeypatch.setattr(kernel, "_COPY_BYTES", 128 * 256 * 8)
+    seen, real = [], kernel.empirical_probe_chunks
+
+    def spy(*args, **kwargs):
+        seen.append(args[5].shape[0])
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "empirical_probe_chunks", spy)
+    d, n = 256, 300
+    data = _tie_data(d, n, 32)
+    v = torch.randn(2, 2, d, generator=torch.Generator().manual_seed(33))
+    den = fastgauss.EmpiricalDenoiser(data)
+    for sigma in (0.002, 0.1, 1.0, 80.0):
+        x = data[[3, 200]].clone() if kind == "memorized" else torch.stack([0.5 * (data[0] + data[1]),
+                                                                         _near_ties(data, sigma)[2]])
+        dd, jv = den.jvp(x, sigma, v)
+        assert rel_err(dd, ref.empirical_denoiser(x, torch.full((2,), sigma), data)) < 1e-5
+        for b in range(2):
+            expected = v[:, b].double() @ ref.empirical_jacobian(x[b], sigma, data)
+            err = (jv[:, b].double() - expected).norm(dim=1)
+            assert (err <= 1e-4 * (v[:, b].double().norm(dim=1) + expected.norm(dim=1))).all(), (sigma, b, err)
+    assert seen and set(seen) == {2}
+
+
+def test_launch_geometry_at_the_target_shape():
+    """Issue 14: whole waves (17 x 16 = 272 CTAs -> 256) and accumulator traffic under 0.5 GB."""
+    from fastgauss.kernels import empirical as kernel
+
+    assert kernel.whole_wave_splits(16, 132) == 16
+    b, n, d = 1024, 50_000, 3072
+    for mode in ("tf32", "bf16"):
+        geo = kernel.plan(b, 0, n, d, (mode, mode), 132)
+        ctas = geo.sums_grid[0] * geo.sums_grid[1] * geo.sums_grid[2]
+        assert kernel.wave_efficiency(ctas, 132 * kernel.SUMS_CTAS_PER_SM[mode]) > 0.95
+        chunks = -(-n // geo.chunk)
+        assert chunks * geo.splits * 2 * 4 * b * d < 0.5e9  # each chunk's accumulators written, then read

@@ -309,9 +309,12 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
     return part
 
 
-def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | None, device) -> et.Partial:
-    """The partial of this rank's rows from the Triton kernel (D only), with the same windows."""
-    from ...kernels.empirical import empirical_partial
+def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | None, device,
+                 probes: torch.Tensor | None = None) -> et.Partial:
+    """The partial of this rank's rows from the Triton kernels, with the same windows: D only, or
+    D and the K probes' J v ([K, B, d] float32) from one pass, each chunk's weighted covariance
+    merged exactly (float64, Chan) as the PyTorch path merges its chunks."""
+    from ...kernels import empirical as kernel
 
     view = data.rows
     whole = view is not None and view.device == device and view.dtype == torch.float32 and view.stride(1) == 1
@@ -329,21 +332,30 @@ def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | Non
     threshold = None
     if cands is not None and bool((cands.width >= 0).any()):
         for start, block in chunks():  # first the maximum of every query's logits
-            m, _, _ = empirical_partial(xc, inv_var, block, center, norms[start:start + block.shape[0]],
-                                        precision=modes, max_only=True)
+            m, _, _ = kernel.empirical_partial(xc, inv_var, block, center, norms[start:start + block.shape[0]],
+                                               precision=modes, max_only=True)
             cands.run_max = torch.maximum(cands.run_max, m.to(torch.float64))
         # this rank's maximum (no collective here: a rank without rows never comes this way); the
         # window it gives holds the global one, and _stream prunes against the global maximum
         threshold = cands.threshold().to(torch.float32)
-    part = et.Partial.empty(xc.shape[0], xc.shape[1], dtype=torch.float64, device=device)
+    k = None if probes is None else probes.shape[0]
+    part = et.Partial.empty(xc.shape[0], xc.shape[1], probes=k, dtype=torch.float64, device=device)
+    p64 = None if probes is None else probes.to(torch.float64)
     for start, block in chunks():
-        out = empirical_partial(xc, inv_var, block, center, norms[start:start + block.shape[0]], precision=modes,
-                                threshold=threshold, cap=WINDOW_CAP)
-        m, l, acc = (t.to(torch.float64) for t in out[:3])
-        mu = acc * torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)[:, None]
-        part.merge_(et.Partial(m, l, mu))
+        block_norms = norms[start:start + block.shape[0]]
+        if probes is None:
+            out = kernel.empirical_partial(xc, inv_var, block, center, block_norms, precision=modes,
+                                           threshold=threshold, cap=WINDOW_CAP)
+            m, l, acc = (t.to(torch.float64) for t in out[:3])
+            part.merge_(et.Partial(m, l, acc * _inverse(l)[:, None]))
+            records = out[3:] if threshold is not None else None
+        else:
+            for ch in kernel.empirical_probe_chunks(xc, inv_var, block, center, block_norms, probes,
+                                                    precision=modes, threshold=threshold, cap=WINDOW_CAP):
+                part.merge_(_probe_partial(ch, p64), p64)
+                records = ch.records
         if threshold is not None:
-            count, idx, s = out[3:]
+            count, idx, s = records
             over = count > WINDOW_CAP
             cands.overflow |= over
             slot = torch.arange(WINDOW_CAP, device=device)
@@ -351,6 +363,22 @@ def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | Non
             qid = torch.arange(xc.shape[0], device=device)[:, None].expand_as(keep)[keep]
             cands.add(qid, idx[keep].to(torch.long) + start, s[keep].to(torch.float64))
     return part
+
+
+def _inverse(l: torch.Tensor) -> torch.Tensor:
+    return torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
+
+
+def _probe_partial(ch, p64: torch.Tensor) -> et.Partial:
+    """A kernel chunk's weighted-covariance partial in float64: around its reference row r,
+    C_v = sum p (y' - r)((y' - r) . v) - l (mu - r)((mu - r) . v) (``chunk_partial``'s formula)."""
+    m, l = ch.m.to(torch.float64), ch.l.to(torch.float64)
+    mu = ch.acc.to(torch.float64) * _inverse(l)[:, None]
+    r = ch.ref.to(torch.float64)
+    dm = mu - r
+    cv = ch.g.to(torch.float64) - r * ch.spt.to(torch.float64)[..., None]
+    cv -= dm * (torch.einsum("kbd,bd->kb", p64, dm) * l)[..., None]
+    return et.Partial(m, l, mu, cv)
 
 
 def _all_reduce_max(t: torch.Tensor, data: TrainingSet) -> None:
@@ -438,8 +466,8 @@ def _stream(x: torch.Tensor, sigma: torch.Tensor, data: TrainingSet, *, probes=N
     xc64 = x64 - center
     var64 = sigma.to(torch.float64) ** 2
     probes64 = None if probes is None else probes.to(torch.float64)
-    kernel = (probes is None and not sigma_grad and x.dtype != torch.float64 and data.n > 0
-              and inspectable(x) and backend_for(x) == "triton")
+    kernel = (not sigma_grad and x.dtype != torch.float64 and data.n > 0 and inspectable(x)
+              and (probes is None or inspectable(probes)) and backend_for(x) == "triton")
     dtype = _products_dtype(x, kernel)
     if kernel:
         modes = data_modes = _resolve(precision, xc64, sigma, data)
@@ -457,7 +485,8 @@ def _stream(x: torch.Tensor, sigma: torch.Tensor, data: TrainingSet, *, probes=N
         part = et.Partial.empty(batch, data.dim, probes=None if probes is None else probes.shape[0],
                                 sigma_grad=sigma_grad, dtype=torch.float64, device=device)
     elif kernel:
-        part = _kernel_pass(xc.contiguous(), inv_var.contiguous(), data, modes, cands, device)
+        part = _kernel_pass(xc.contiguous(), inv_var.contiguous(), data, modes, cands, device,
+                            None if probes is None else probes.to(torch.float32).contiguous())
     else:
         part = _torch_pass(xc, inv_var, data, None if probes is None else probes.to(dtype), sigma_grad, cands,
                            device)
