@@ -66,3 +66,16 @@ def targets(batch: int = 8192):
             if kind == "reconstruct":
                 args["output_mode"] = OUTPUTS["denoised"]
             yield f"gaussian_{kind}[{size},{precision}]", label, args, launch.grid
+
+
+def aligned():
+    """(entry name, {int argument: value}) of the entries the launcher runs only on aligned
+    operands (``operands_aligned``: d, r, x's row stride and B multiples of 16; the projection also
+    only at T = 1, a constant for the JIT): the 128 x 128 tensor-core tiles. Built otherwise they
+    spill, and they never run otherwise."""
+    sizes = {"dim": 16, "rank": 16, "stride_x": 16, "n_rows": 16}
+    for size, _cfg, family in configs():
+        if family == "mma" and size == "large":
+            for precision in ("tf32", "bf16"):
+                yield f"gaussian_project[{size},{precision}]", {**sizes, "n_levels": 1}
+                yield f"gaussian_reconstruct[{size},{precision}]", sizes

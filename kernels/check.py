@@ -9,7 +9,10 @@ allocation), an int argument divisible by 16 gets ``tt.divisibility = 16`` and a
 becomes a constant (both from Triton's own ``native_specialize_impl``). Builds:
 
 * ``odd``: every int unhinted, as the JIT compiles for sizes not divisible by 16 — on every arch,
-  for every entry;
+  for every entry, except those the module's ``gate_aligned()`` lists (entry name -> {int
+  argument: 16 or 1}, what its launcher always passes: a multiple of 16, or 1): for them the
+  ``aligned`` build specialises those ints so and leaves the others unhinted, since the odd build
+  is never launched;
 * ``jit``: one build per distinct specialisation of an entry's targets, on sm_90 (the H200 the
   targets describe) — with ``--all-archs`` on sm_80 too.
 
@@ -61,7 +64,7 @@ class GateResult:
     arch: int
     num_warps: int
     num_stages: int
-    build: str = "odd"  # "odd" or "jit"
+    build: str = "odd"  # "odd", "aligned" or "jit"
     specialisation: str = ""  # per argument: D (16-divisible), 1 (constant), - (none), c (constexpr)
     constexprs: dict = field(default_factory=dict)
     registers: int = -1
@@ -164,9 +167,10 @@ def specialise(fn, signature: dict, constexprs: dict, int_args: dict | None):
 
 
 def compile_entry(name, fn, signature, constexprs, num_warps, num_stages, expect_mma, arch,
-                  int_args=None) -> GateResult:
+                  int_args=None, build=None) -> GateResult:
     sig, consts, attrs, key = specialise(fn, signature, constexprs, int_args)
-    result = GateResult(name, arch, num_warps, num_stages, build="odd" if int_args is None else "jit",
+    build = build or ("odd" if int_args is None else "jit")
+    result = GateResult(name, arch, num_warps, num_stages, build=build,
                         specialisation=key, constexprs={k: v for k, v in constexprs.items()
                                                         if isinstance(v, (int, float, str, bool))})
     try:
@@ -211,6 +215,12 @@ def target_row(shape: str, grid, ctas_per_sm: int, int_args: dict | None = None)
             "wave_efficiency": round(w.efficiency, 4), "int_args": dict(int_args or {})}
 
 
+def aligned_args(signature: dict, given: dict) -> dict:
+    """Int arguments of an ``aligned`` build: those ``given`` (16: a multiple of 16, 1: always 1),
+    the rest a value that gets no hint (neither divisible by 16 nor 1)."""
+    return {n: int(given.get(n, 7)) for n, kind in signature.items() if kind[0] in "iu"}
+
+
 def plan(module) -> list[tuple[tuple, int | None, dict | None, list]]:
     """(entry, build arch or None for every arch, int_args or None, targets) per build of a module."""
     entries = {e[0]: e for e in module.gate_entries()}
@@ -218,7 +228,12 @@ def plan(module) -> list[tuple[tuple, int | None, dict | None, list]]:
     unknown = sorted({t[0] for t in targets} - set(entries))
     if unknown:
         raise KeyError(f"{module.__name__}.gate_targets names no gate entry: {', '.join(unknown)}")
-    builds = [(entry, None, None, []) for entry in entries.values()]
+    aligned = dict(module.gate_aligned()) if hasattr(module, "gate_aligned") else {}
+    unknown = sorted(set(aligned) - set(entries))
+    if unknown:
+        raise KeyError(f"{module.__name__}.gate_aligned names no gate entry: {', '.join(unknown)}")
+    builds = [(entry, None, aligned_args(entry[2], aligned[entry[0]]) if entry[0] in aligned else None, [])
+              for entry in entries.values()]
     by_key: dict = {}
     for name, shape, int_args, grid in targets:
         entry = entries[name]
@@ -247,7 +262,8 @@ def run_gate(modules=KERNEL_MODULES, archs=ARCHS, all_archs=False) -> list[GateR
             for arch in archs:
                 if arch_only is not None and arch != arch_only and not all_archs:
                     continue
-                result = compile_entry(*entry, arch=arch, int_args=int_args)
+                aligned_build = arch_only is None and int_args is not None
+                result = compile_entry(*entry, arch=arch, int_args=int_args, build="aligned" if aligned_build else None)
                 if arch == TARGET_ARCH:
                     result.targets = [target_row(s, g, result.ctas_per_sm, a) for s, g, a in targets]
                 results.append(result)

@@ -222,7 +222,7 @@ class Plan:
 def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, variant: str = "tuned",
          centre: bool | None = None, aligned: bool = True) -> Plan:
     """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
-    shapes (``aligned``: every operand 16-byte aligned, d, r and x's row stride multiples of 16;
+    shapes (``aligned``: every operand 16-byte aligned, d, r, x's row stride and B multiples of 16;
     the 128 x 128 tensor-core tiles need it, and the projection's also needs T = 1).
     ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
@@ -293,7 +293,7 @@ def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, pre
     r = u.shape[1]
     levels = sigma.shape[1]
     staged = out if out.is_contiguous() else torch.empty_like(out)
-    aligned = operands_aligned((x, mean, u, u_t, eigvals, sigma, lam_rest, staged), (d, r, x.stride(0)))
+    aligned = operands_aligned((x, mean, u, u_t, eigvals, sigma, lam_rest, staged), (d, r, x.stride(0), n))
     p = plan(precision, n, levels, d, r, variant=variant, centre=centre, aligned=aligned)
     shrunk = torch.empty((levels, n, r), dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                          device=x.device)
@@ -342,3 +342,10 @@ def gate_targets(batch: int = 8192):
     from ._gaussian_gate import targets
 
     return targets(batch)
+
+
+def gate_aligned():
+    """Entries launched only on aligned operands, see ``_gaussian_gate.aligned``."""
+    from ._gaussian_gate import aligned
+
+    return aligned()

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._core.seeds import seeded_generator
-from ..ops.empirical.op import EmpiricalDenoiser
+from ..ops.empirical import EmpiricalDenoiser
 from ..ops.gaussian.module import GaussianDenoiser
 from ..diagnostics.jacobian import jacobian_spectrum, subspace_alignment
 from ..diagnostics.linearity import denoiser_rmse, linearity_score

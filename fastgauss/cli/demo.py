@@ -20,7 +20,7 @@ import torch
 
 from .._core.plots import figure
 from ..data import load_dataset
-from ..ops.empirical.op import EmpiricalDenoiser
+from ..ops.empirical import EmpiricalDenoiser
 from ..edm.sampling import edm_sigmas, sample_euler
 from ..edm.train import TrainConfig, Trainer
 from ..diagnostics.verdict import verdict

@@ -34,7 +34,7 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
         >>> torch.allclose(jv, v @ A.T, atol=1e-5)  # a linear map's J v is A v
         True
     """
-    from ..ops.empirical.op import EmpiricalDenoiser
+    from ..ops.empirical import EmpiricalDenoiser
     from ..ops.gaussian.module import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .._core.seeds import seeded_generator
 from ..data import load_dataset
 from .precond import EMA, EDMDenoiser, edm_loss
-from ..ops.empirical.op import EmpiricalDenoiser
+from ..ops.empirical import EmpiricalDenoiser
 from ..ops.gaussian.module import GaussianDenoiser
 from ..diagnostics.linearity import denoiser_rmse, linearity_score
 from ..ops.moments.op import Moments

@@ -140,6 +140,19 @@ def test_plan_compiles_one_build_per_distinct_specialisation():
         check.plan(module)
 
 
+def test_an_entry_launched_only_aligned_gets_an_aligned_build_instead_of_the_odd_one():
+    fn = types.SimpleNamespace(params=None)
+    entry = ("k[a]", fn, {"p": "*fp32", "n": "i32", "d": "i32", "t": "i32"}, {}, 4, 3, False)
+    module = types.SimpleNamespace(__name__="fake", gate_entries=lambda: [entry],
+                                   gate_aligned=lambda: [("k[a]", {"d": 16, "t": 1})])
+    builds = check.plan(module)
+    assert [(b[1], b[2]) for b in builds] == [(None, {"n": 7, "d": 16, "t": 1})]
+    assert check.specialise(fn, entry[2], {}, builds[0][2])[3] == "D-D1"  # d hinted, t constant, n not
+    module.gate_aligned = lambda: [("k[z]", {"d": 16})]
+    with pytest.raises(KeyError, match=r"k\[z\]"):
+        check.plan(module)
+
+
 def test_every_family_names_real_entries_in_its_targets():
     import importlib
 

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 import fastgauss
 from fastgauss import reference as ref
-from fastgauss.ops.empirical import op as empirical
-from fastgauss.ops.empirical.op import EXACT, TrainingSet, choose_precision
+from fastgauss.ops.empirical import stream as empirical_stream
+from fastgauss.ops.empirical.precision import EXACT, choose_precision
+from fastgauss.ops.empirical.training_set import TrainingSet
 from helpers import rel_err
 
 ODD = [1, 7, 63, 129]
@@ -443,11 +444,12 @@ def test_cuda_pytorch_products_do_not_follow_the_tf32_flag():
     from types import SimpleNamespace
 
     cuda32 = SimpleNamespace(dtype=torch.float32, device=torch.device("cuda"))
-    assert empirical._products_dtype(cuda32, kernel=False) == torch.float64
-    assert empirical._products_dtype(SimpleNamespace(dtype=torch.float32, device=torch.device("cpu")),
-                                     kernel=False) == torch.float32
-    import fastgauss.ops.empirical._torch as et
-    for module in (empirical, et):
+    assert empirical_stream._products_dtype(cuda32, kernel=False) == torch.float64
+    assert empirical_stream._products_dtype(SimpleNamespace(dtype=torch.float32, device=torch.device("cpu")),
+                                            kernel=False) == torch.float32
+    import importlib
+    for name in ("op", "module", "training_set", "precision", "stream", "_torch"):
+        module = importlib.import_module(f"fastgauss.ops.empirical.{name}")
         assert "torch.backends" not in inspect.getsource(module)
 
 
