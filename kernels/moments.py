@@ -174,15 +174,16 @@ def launch_plan(n: int, dim_a: int, dim_b: int, symmetric: bool, precision: str,
 
 
 def _centred_transposed(rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """[n, d] fp32 rows -> [d, ld] fp32 holding (rows - shift)^T in its first n columns (the kernel's
-    own fp32 subtraction, so the values are bit-identical); ld a multiple of 16 for aligned loads."""
+    """[n, d] fp32 rows -> (rows - shift)^T: [d, n] fp32 with row stride ld, a multiple of 16 (aligned
+    loads); the kernel's own fp32 subtraction, so the values are bit-identical to its centring."""
     n, dim = rows.shape
-    out = torch.empty((dim, triton.cdiv(n, 16) * 16), dtype=torch.float32, device=rows.device)
-    out[:, :n].copy_((rows - shift).T)
+    out = torch.empty((dim, triton.cdiv(n, 16) * 16), dtype=torch.float32, device=rows.device)[:, :n]
+    out.copy_((rows - shift).T)
     return out
 
 
-def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision="ieee", plan=None):
+def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision="ieee", plan=None,
+                             precentre=None):
     """Accumulate a centred Gram (or cross-Gram) product into a float64 matrix in place.
 
     out: [da, db] float64 (db == da when b is None), updated as out += (a - a_shift)^T (b - b_shift).
@@ -191,7 +192,8 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
       in which case only tiles on and above the diagonal are computed and only the upper
       triangle of ``out`` is meaningful (the lower one receives partial values).
     precision: "ieee" (exact fp32 products), "tf32x3" or "tf32".
-    plan: a GramPlan other than launch_plan's (the benchmarks' A/B cases).
+    plan, precentre: a GramPlan other than launch_plan's, the pre-pass on or off (None: for "tf32"
+      only), for the benchmarks' A/B cases; the results are the same either way.
 
     Each program sums at most MAX_ROWS_PER_PROGRAM[precision] rows in fp32 into its slice of an
     fp32 scratch; the slices are added to ``out`` in float64 after every launch.
@@ -208,7 +210,7 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
     # Zeroed once: tiles below the diagonal are never written in the symmetric case.
     scratch = out.new_zeros((min(plan.splits, triton.cdiv(n, plan.rows_per_split)), dim_a, dim_b),
                             dtype=torch.float32)
-    precentred = precision == "tf32"
+    precentred = precision == "tf32" if precentre is None else precentre
     for start in range(0, n, plan.rows_per_launch):
         a_part = a[start:start + plan.rows_per_launch]
         b_part = b[start:start + plan.rows_per_launch]

@@ -94,9 +94,10 @@ def test_tf32_pre_pass_holds_the_kernels_own_centred_values(n):
     a = (torch.randn(n, 130, generator=g) * 3 + 50)[:, ::2]  # [n, 65], column stride 2
     shift = a.double().mean(0).float()
     ct = kernel._centred_transposed(a, shift)
-    assert ct.shape == (65, -(-n // 16) * 16)
-    assert torch.equal(ct[:, :n], (a - shift).T)
-    ct[:, n:] = float("nan")
+    ld = -(-n // 16) * 16
+    assert ct.shape == (65, n) and ct.stride() == (ld, 1)
+    assert torch.equal(ct, (a - shift).T)
+    ct.as_strided((65, ld), (ld, 1))[:, n:] = float("nan")
     out = poisoned(1, 65, 65)
     kernel._centered_gram_kernel[(kernel._num_tiles(65, 65, 64, True), 1)](
         ct.T, ct.T, shift, shift, out, n, n, 65, 65, 1, ct.stride(0), 1, ct.stride(0),
