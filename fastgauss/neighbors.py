@@ -79,18 +79,20 @@ def _product_roundoff(dtype: torch.dtype, device: torch.device) -> float:
 
 
 def _error_bound(a: torch.Tensor, summary: _Summary, gamma: float, u: float) -> torch.Tensor:
-    """[B]: a bound on |fp key - exact key| for every row, for centred queries a: [B, d].
+    """[B]: a bound on |fp key - exact key| for every row, up to one constant per query (which the
+    band compares keys of a single query across, so it cancels), for centred queries a: [B, d].
 
     A key is |y - c|^2 - 2 a.y (a per-query constant away from |x - y|^2): the product errs by at
     most gamma |a| |y| (gamma: the relative error of the dot products, any summation order, FMA
     and tensor cores included), the rounded norm, the rounded a and the sum by a few u (unit
     roundoff of the elementwise fp arithmetic) times (|y - c|^2 + |a| |y|); |y| <= radius + |c|,
-    |y - c| <= radius.
+    |y - c| <= radius. The kernel on raw rows adds the constant |a|^2 + 2 a.c before the two fp32
+    sums, whose roundings then grow by at most 2 x 2 u |a| |c| <= 4 u |a| |y|: hence 12 u, not 8.
     """
     a_norm = a.to(torch.float64).norm(dim=1)
     y_max = summary.radius + summary.center_norm
     stored = 2.0**-53 if summary.norms.dtype == torch.float64 else 2.0**-24  # the cached norms' rounding
-    return ((2 * gamma + 8 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
+    return ((2 * gamma + 12 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
             + stored * summary.radius**2)
 
 

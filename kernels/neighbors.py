@@ -1,7 +1,8 @@
 """Nearest-neighbour candidates: the distance product fused with a running top-BLOCK_N.
 
 Per program: a block of queries and a split of the data rows. Each tile of data rows gives
-squared distances |x'|^2 + |y'|^2 - 2 x'.y' (centred data; products "ieee" or "tf32x3"); each is
+squared distances |x'|^2 + |y'|^2 - 2 x'.y' (x' = x - c, y' = y - c; products "ieee", or "tf32x3"
+on raw rows: |x'|^2 + 2 x'.c + |y'|^2 - 2 x'.y, both operands straight from memory); each is
 packed with its row index into one int64 key (the bits of a non-negative float order like the
 float, and the index in the low bits breaks ties toward the lower index), and the running best
 keys are merged with the tile by a bitonic step: min(best ascending, tile descending), then sorted.
@@ -23,30 +24,54 @@ _EMPTY = tl.constexpr(9223372036854775807)  # int64 max: an empty slot sorts las
 
 
 @triton.jit
+def _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
+              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] products a . y of centred queries (rows q of xc, [B, d] contiguous) with
+    raw data rows: both operands go from memory into tl.dot as they are loaded."""
+    offs_k = tl.arange(0, BLOCK_K)
+    dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, dim, BLOCK_K):
+        ks = k0 + offs_k
+        mask_k = ks < dim
+        x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
+                    mask=mask_q[:, None] & mask_k[None, :], other=0.0)
+        y = tl.load(y_ptr + rows.to(tl.int64)[None, :] * stride_y + ks[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
+        dots = tl.dot(x, y, dots, input_precision=PRECISION)
+    return dots
+
+
+@triton.jit
 def _nn_candidates_kernel(
-    xc_ptr, x_norms_ptr, y_ptr, center_ptr, y_norms_ptr, keys_ptr,
+    xc_ptr, x_consts_ptr, y_ptr, center_ptr, y_norms_ptr, keys_ptr,
     n_queries, n_data, dim, rows_per_split,
     stride_y,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, CENTRE_ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """xc: [B, d] centred queries; x_norms: [B]; y: [N, d] raw rows (centred here with center [d]);
-    y_norms: [N] squared norms of the centred rows. Writes keys: [S, B, BLOCK_N] ascending."""
+    """xc: [B, d] centred queries a = x - c; y: [N, d] raw rows; y_norms: [N] |y - c|^2.
+    CENTRE_ROWS: rows centred here with center [d], x_consts: [B] |a|^2; otherwise raw rows and
+    x_consts = |a|^2 + 2 a.c (both give |x - y|^2). Writes keys: [S, B, BLOCK_N] ascending."""
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     q = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_q = q < n_queries
     offs_n = tl.arange(0, BLOCK_N)
-    x_norms = tl.load(x_norms_ptr + q, mask=mask_q, other=0.0)
+    x_consts = tl.load(x_consts_ptr + q, mask=mask_q, other=0.0)
     row_start = split * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n_data)
     best = tl.full((BLOCK_M, BLOCK_N), _EMPTY, tl.int64)
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                            PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
+        if CENTRE_ROWS:
+            dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                                PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
+        else:
+            dots = _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
+                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         y_norms = tl.load(y_norms_ptr + rows, mask=mask_n, other=0.0)
-        dist = tl.maximum(x_norms[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
+        dist = tl.maximum(x_consts[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
         key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | rows.to(tl.int64)[None, :]
         key = tl.where(mask_n[None, :], key, _EMPTY)
         best = tl.sort(tl.minimum(best, tl.sort(key, dim=1, descending=True)), dim=1)
@@ -63,18 +88,21 @@ BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 16
 
 @dataclass(frozen=True)
 class NNConfig:
-    """Warps and pipeline depth of one product mode, and the programs an SM holds at once (from the
-    compile gate's registers: ~160-185 x 256 threads, one)."""
+    """Warps and pipeline depth of one product mode, the programs an SM holds at once (from the
+    compile gate's registers: ~160-250 x 256 threads, one), and whether rows are centred in the
+    kernel (else raw rows go straight into tl.dot)."""
 
     num_warps: int
     num_stages: int
     ctas_per_sm: int
+    centre_rows: bool
 
 
-#: tf32x3 keeps 8 warps (HGMMA 64x32x8 on two warpgroups): with 4 (one 64x64x8 warpgroup, two
-#: programs per SM on sm_90) the sm_80 build spills 16-40 bytes.
-CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1),
-           "tf32x3": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1)}
+#: Each choice is the one that builds without spills on sm_80 and sm_90, triton 3.6 and 3.9, both
+#: unhinted and as JIT-specialised at the target: tf32x3 on 4 warps (one 64x64x8 warpgroup) or with
+#: rows centred in the kernel spills on sm_80, ieee on raw rows caps sm_90 at 128 registers and spills.
+CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True),
+           "tf32x3": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=False)}
 #: Most candidates one call can return (one tile's worth of running best).
 MAX_CANDIDATES = BLOCK_N
 
@@ -174,9 +202,10 @@ def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, c
     if plan is None:
         plan = split_plan(n_queries, n_data, multiprocessors(xc.device), cfg.ctas_per_sm, block_m)
     keys = torch.empty((plan.splits, n_queries, BLOCK_N), dtype=torch.int64, device=xc.device)
+    consts = x_norms if cfg.centre_rows else (x_norms.double() + 2 * (xc.double() @ center.double())).float()
     _nn_candidates_kernel[plan.grid](
-        xc, x_norms, data, center, y_norms, keys, n_queries, n_data, dim, plan.rows_per_split, data.stride(0),
-        PRECISION=precision, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        xc, consts, data, center, y_norms, keys, n_queries, n_data, dim, plan.rows_per_split, data.stride(0),
+        PRECISION=precision, CENTRE_ROWS=cfg.centre_rows, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     merged = keys.permute(1, 0, 2).reshape(n_queries, -1)
     smallest = merged.topk(count, dim=1, largest=False).values  # keys order by (distance, index)
@@ -184,7 +213,7 @@ def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, c
     return dist, smallest & 0xFFFFFFFF
 
 
-_SIGNATURE = {"xc_ptr": "*fp32", "x_norms_ptr": "*fp32", "y_ptr": "*fp32", "center_ptr": "*fp32",
+_SIGNATURE = {"xc_ptr": "*fp32", "x_consts_ptr": "*fp32", "y_ptr": "*fp32", "center_ptr": "*fp32",
               "y_norms_ptr": "*fp32", "keys_ptr": "*i64", "n_queries": "i32", "n_data": "i32", "dim": "i32",
               "rows_per_split": "i32", "stride_y": "i32"}
 
@@ -192,7 +221,8 @@ _SIGNATURE = {"xc_ptr": "*fp32", "x_norms_ptr": "*fp32", "y_ptr": "*fp32", "cent
 def gate_entries():
     """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
     for precision, cfg in CONFIGS.items():
-        constexprs = {"PRECISION": precision, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
+        constexprs = {"PRECISION": precision, "CENTRE_ROWS": cfg.centre_rows, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
+                      "BLOCK_K": BLOCK_K}
         yield (f"nn_candidates[{precision}]", _nn_candidates_kernel, dict(_SIGNATURE), constexprs, cfg.num_warps,
                cfg.num_stages, precision != "ieee")
 

@@ -159,9 +159,12 @@ def test_kernel_writes_every_candidate_slot(precision):
     y_norms = ((data.double() - center) ** 2).sum(1).float()
     keys = torch.full((splits, b, kernel.BLOCK_N), -1, dtype=torch.int64)
     rows_per_split = -(-n // splits)
+    centre = kernel.CONFIGS[precision].centre_rows
+    consts = (xc**2).sum(1) + (0 if centre else 2 * xc @ center)  # |a|^2 (+ 2 a.c on raw rows)
     kernel._nn_candidates_kernel[(-(-b // kernel.BLOCK_M), splits)](
-        xc.float(), (xc**2).sum(1).float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
-        data.stride(0), PRECISION=precision, BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N, BLOCK_K=kernel.BLOCK_K)
+        xc.float(), consts.float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
+        data.stride(0), PRECISION=precision, CENTRE_ROWS=centre, BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N,
+        BLOCK_K=kernel.BLOCK_K)
     assert bool((keys >= 0).all()), "a slot was not written"
     exact = torch.cdist(xc, data.double() - center) ** 2
     for s in range(splits):

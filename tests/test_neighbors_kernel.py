@@ -136,3 +136,27 @@ def test_exact_under_keys_off_by_the_whole_tf32x3_bound(monkeypatch, sign, n, d,
     ref_dist, ref_idx = ref.nearest_neighbors(x, data, k)
     assert torch.equal(idx, ref_idx)
     assert float(((dist.double() - ref_dist).abs() / ref_dist.clamp_min(1e-30)).max()) < 1e-6
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("precision", kernel.PRECISIONS)
+def test_kernel_distances_stay_within_the_key_bound_on_offset_data(monkeypatch, precision):
+    """The interpreted kernel (exact fp32 products) on data with a large common offset: every
+    distance it returns is within the bound the re-rank uses, the fp32 sums of the raw-row mode
+    (|a|^2 + 2 a.c + |y - c|^2 - 2 a.y) included; and the neighbours equal the float64 brute force."""
+    g = torch.Generator().manual_seed(21)
+    data = torch.rand(130, 40, generator=g) * 2 - 1 + 50
+    x = torch.cat([data[3:4] + 1e-3, torch.rand(4, 40, generator=g) * 2 - 1 + 50])
+    summary = nn._summary(data, data)
+    a = (x.double() - summary.center).float()
+    dist, idx = kernel.nn_candidates(a, (a.double() ** 2).sum(1).float(), data, summary.center.float(),
+                                     summary.norms.float(), kernel.MAX_CANDIDATES, precision=precision)
+    exact = ((data[idx.reshape(-1)].double().reshape(5, -1, 40) - x.double()[:, None]) ** 2).sum(-1)
+    bound = nn._error_bound(a, summary, kernel.dot_error(40, precision), 2.0**-24)
+    # up to one constant per query: the spread of the errors is what the band compares
+    err = dist.double() - exact
+    assert bool(((err.amax(1) - err.amin(1)) <= 2 * bound).all())
+    monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
+    monkeypatch.setattr(kernel, "DEFAULT_PRECISION", precision)
+    _, found = fastgauss.nearest_neighbors(x, data, k=3)
+    assert torch.equal(found, ref.nearest_neighbors(x, data, 3)[1])
