@@ -115,6 +115,8 @@ def timing_parts(families) -> list:
     if "empirical" in families:
         parts.append(Part("empirical", "empirical + nearest neighbours N=50000 d=3072", 1, _estimate_empirical(),
                           time_empirical))
+        from gpu_check_neighbors import timing_parts as neighbor_parts
+        parts += neighbor_parts()
     if "analyze" in families:  # skips itself, with a line, where diffusers is not importable
         from gpu_check_analyze import timing_parts as analyze_parts
         parts += analyze_parts()
@@ -215,7 +217,13 @@ def main(argv=None) -> int:
 
     from gpu_check_analyze import check_analyze
 
-    checks = {"moments": check_moments, "gaussian": check_gaussian, "empirical": check_empirical,
+    from gpu_check_neighbors import check_neighbor_kernel
+
+    def check_empirical_and_neighbors(report, device, *, smoke):
+        check_empirical(report, device, smoke=smoke)
+        check_neighbor_kernel(report, device, smoke=smoke)
+
+    checks = {"moments": check_moments, "gaussian": check_gaussian, "empirical": check_empirical_and_neighbors,
               "analyze": check_analyze}
     if not args.timings_only:
         for name in chosen:

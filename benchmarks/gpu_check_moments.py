@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
 
 import fastgauss
 from fastgauss import reference as ref
@@ -75,8 +76,43 @@ ROWS, DIMS = 65536, (3072, 12288)
 
 def timing_parts() -> list[Part]:
     """The timed parts, each with its estimated duration (from the grid above) and priority."""
-    return [Part("moments", f"moments N={ROWS} d={d}", 1 if d <= 3072 else 2, _estimate_dim(ROWS, d),
-                 functools.partial(_time_dim, n=ROWS, d=d)) for d in DIMS]
+    parts = [Part("moments", f"moments N={ROWS} d={d}", 1 if d <= 3072 else 2, _estimate_dim(ROWS, d),
+                  functools.partial(_time_dim, n=ROWS, d=d)) for d in DIMS]
+    gram = 50_000 * 3072 * 3072  # half the full Gram's 2 N d^2
+    estimate = 3 * bench_seconds(call_seconds(gram, launches=13)) + 3 * bench_seconds(call_seconds(gram, kind="tf32"))
+    parts.append(Part("moments", "moments launch plans A/B N=50000 d=3072", 2, estimate + 2, time_launch_plans))
+    return parts
+
+
+def time_launch_plans(report: Report, device, n: int = 50_000, d: int = 3072) -> None:
+    """Issue 14's A/B: one split per launch under the row cap (13 launches in ieee, each followed by
+    a d x d float64 merge) against the plan that fills the scratch (2), and the tf32 pre-pass."""
+    from fastgauss.kernels._common import multiprocessors
+
+    x = torch.randn(n, d, device=device) + 3
+    shift = x.mean(0)
+    out = torch.zeros(d, d, dtype=torch.float64, device=device)
+    sms = multiprocessors(x.device)
+    flops = 2 * n * d * d
+    for precision in ("ieee", "tf32x3", "tf32"):
+        new = kernel.launch_plan(n, d, d, True, precision, sms)
+        cap = kernel.MAX_ROWS_PER_PROGRAM[precision]
+        old = kernel.GramPlan(new.config, new.tiles, 1, cap, triton.cdiv(n, cap))
+        cases = [(f"{old.launches} launches x {old.tiles} programs (before)", old, False),
+                 (f"{new.launches} launches x {new.tiles * new.splits} programs", new, False)]
+        if precision == "tf32":
+            cases.append((f"{new.launches} launches, centre-and-transpose pre-pass (after)", new, True))
+        first = None
+        for label, plan, precentre in cases:
+            ms = bench_ms(lambda: kernel.centered_gram_accumulate(out, x, shift, precision=precision, plan=plan,
+                                                                  precentre=precentre))
+            row = report.time(f"centred gram {precision}: {label}", f"N={n} d={d}", ms, flops=flops, nbytes=n * d * 4)
+            if first is None:
+                first = row
+            else:
+                row.baseline, row.speedup = first.name, first.ms / ms
+    del x, out
+    torch.cuda.empty_cache()
 
 
 def _estimate_dim(n: int, d: int) -> float:

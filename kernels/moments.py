@@ -2,11 +2,15 @@
 
 The symmetric case (B is A) computes only the tiles on and above the diagonal: half the work.
 Only the upper triangle of ``out`` is meaningful afterwards; callers mirror it when they read.
+Rows are split over programs (each with its fp32 slice of a scratch) so that a launch fills the
+scratch; ``launch_plan`` is the geometry, a pure function of the shapes and the SM count. The
+"tf32" path first writes each launch's rows centred and transposed ([d, rows], fp32: the same
+values the kernel would form), so both tl.dot operands are K-major tiles loaded straight from
+memory into the tensor cores.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +39,11 @@ def _centered_gram_kernel(
     n_rows, rows_per_split, dim_a, dim_b,
     stride_a_row, stride_a_col, stride_b_row, stride_b_col,
     stride_out_split, stride_out_row,
-    SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr,
+    SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr, PRECENTRED: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Program (tile, split): out[split, tile] = sum over the split's rows of (a - a_shift)^T (b - b_shift).
+    PRECENTRED: a and b already hold the centred values (shifts unused), loaded as they are."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     if SYMMETRIC:
@@ -52,8 +58,9 @@ def _centered_gram_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_i = offs_i < dim_a
     mask_j = offs_j < dim_b
-    a_shift = tl.load(a_shift_ptr + offs_i, mask=mask_i, other=0.0)
-    b_shift = tl.load(b_shift_ptr + offs_j, mask=mask_j, other=0.0)
+    if not PRECENTRED:
+        a_shift = tl.load(a_shift_ptr + offs_i, mask=mask_i, other=0.0)
+        b_shift = tl.load(b_shift_ptr + offs_j, mask=mask_j, other=0.0)
 
     row_start = split * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n_rows)
@@ -73,9 +80,10 @@ def _centered_gram_kernel(
         mask_b = mask_k[:, None] & mask_j[None, :]
         a = tl.load(a_ptrs, mask=mask_a, other=0.0)
         b = tl.load(b_ptrs, mask=mask_b, other=0.0)
-        # Centre after loading; padded rows and columns must stay exactly zero.
-        a = tl.where(mask_a, a - a_shift[:, None], 0.0)
-        b = tl.where(mask_b, b - b_shift[None, :], 0.0)
+        if not PRECENTRED:
+            # Centre after loading; padded rows and columns must stay exactly zero.
+            a = tl.where(mask_a, a - a_shift[:, None], 0.0)
+            b = tl.where(mask_b, b - b_shift[None, :], 0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += step_a
         b_ptrs += step_b
@@ -88,24 +96,27 @@ def _centered_gram_kernel(
 
 @dataclass(frozen=True)
 class GramConfig:
-    """One launch configuration of the centred Gram kernel."""
+    """One launch configuration of the centred Gram kernel; num_stages (pipeline depth) by precision."""
 
     block: int
     block_k: int
     num_warps: int
-    num_stages: int
+    num_stages: dict
 
 
 #: Every configuration the launcher can choose; the compile gate builds each of them.
 CONFIGS = {
-    "small": GramConfig(block=64, block_k=16, num_warps=4, num_stages=3),
-    "large": GramConfig(block=128, block_k=16, num_warps=8, num_stages=3),
+    "small": GramConfig(block=64, block_k=16, num_warps=4, num_stages={"ieee": 3, "tf32x3": 3, "tf32": 3}),
+    # ieee: 2 stages, as JIT-specialised under triton 3.6 three stages cap sm_90 at 128 registers and spill 8 bytes
+    "large": GramConfig(block=128, block_k=16, num_warps=8, num_stages={"ieee": 2, "tf32x3": 3, "tf32": 3}),
 }
 
 #: fp32 accumulation length per program: bounds rounding growth of the fp32 partial sums.
 MAX_ROWS_PER_PROGRAM = {"ieee": 4096, "tf32x3": 4096, "tf32": 16384}
-#: Upper bound on the float64 scratch used for row splits when there are too few tiles.
+#: Upper bound on the fp32 scratch of the row splits of one launch (each split: a d_a x d_b slice).
 _SPLIT_SCRATCH_BYTES = 256 << 20
+#: Upper bound on the centred, transposed fp32 copy of one launch's rows (the "tf32" path).
+_CENTRED_COPY_BYTES = 1 << 30
 
 
 def choose_config(dim_a: int, dim_b: int) -> str:
@@ -118,7 +129,58 @@ def _num_tiles(dim_a: int, dim_b: int, block: int, symmetric: bool) -> int:
     return tiles_a * (tiles_a + 1) // 2 if symmetric else tiles_a * tiles_b
 
 
-def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision="ieee"):
+@dataclass(frozen=True)
+class GramPlan:
+    """Launch geometry: ``launches`` launches of grid (tiles, splits), rows_per_split rows a program."""
+
+    config: str
+    tiles: int
+    splits: int
+    rows_per_split: int
+    launches: int
+
+    @property
+    def rows_per_launch(self) -> int:
+        return self.splits * self.rows_per_split
+
+
+def launch_plan(n: int, dim_a: int, dim_b: int, symmetric: bool, precision: str, sms: int) -> GramPlan:
+    """The launches for n rows, a pure function of the shapes, the product mode and the SM count.
+
+    Each program sums at most MAX_ROWS_PER_PROGRAM[precision] rows; that cap asks for
+    cdiv(n, cap) row pieces, and few tiles ask for enough pieces to give the grid two waves (one
+    piece per 8 k-steps at least). The pieces fill the split scratch (_SPLIT_SCRATCH_BYTES), so a
+    launch covers as many rows as the scratch holds, and they are spread evenly over the launches
+    (the "tf32" path's centred copy bounds the rows of a launch too). E.g. N = 50 000, d = 3072,
+    "ieee": 13 pieces of <= 4096 rows, 7 fit the 256 MB scratch: 2 launches of 7 splits x 3584 rows,
+    300 tiles x 7 = 2100 programs each (16 waves of 132 at 99.4 %), not 13 launches of 300.
+    """
+    name = choose_config(dim_a, dim_b)
+    cfg = CONFIGS[name]
+    tiles = _num_tiles(dim_a, dim_b, cfg.block, symmetric)
+    cap = MAX_ROWS_PER_PROGRAM[precision]
+    fit = max(1, _SPLIT_SCRATCH_BYTES // (4 * dim_a * dim_b))
+    pieces = max(triton.cdiv(n, cap), min(triton.cdiv(2 * sms, tiles), max(1, n // (8 * cfg.block_k))))
+    launches = triton.cdiv(pieces, fit)
+    if precision == "tf32":
+        copy_rows = max(cfg.block_k, _CENTRED_COPY_BYTES // (4 * (dim_a if symmetric else dim_a + dim_b)))
+        launches = max(launches, triton.cdiv(n, copy_rows))
+    splits = triton.cdiv(pieces, launches)
+    rows = triton.cdiv(triton.cdiv(n, launches * splits), cfg.block_k) * cfg.block_k  # <= cap
+    return GramPlan(name, tiles, splits, rows, triton.cdiv(n, rows * splits))
+
+
+def _centred_transposed(rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """[n, d] fp32 rows -> (rows - shift)^T: [d, n] fp32 with row stride ld, a multiple of 16 (aligned
+    loads); the kernel's own fp32 subtraction, so the values are bit-identical to its centring."""
+    n, dim = rows.shape
+    out = torch.empty((dim, triton.cdiv(n, 16) * 16), dtype=torch.float32, device=rows.device)[:, :n]
+    out.copy_((rows - shift).T)
+    return out
+
+
+def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision="ieee", plan=None,
+                             precentre=None):
     """Accumulate a centred Gram (or cross-Gram) product into a float64 matrix in place.
 
     out: [da, db] float64 (db == da when b is None), updated as out += (a - a_shift)^T (b - b_shift).
@@ -127,9 +189,11 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
       in which case only tiles on and above the diagonal are computed and only the upper
       triangle of ``out`` is meaningful (the lower one receives partial values).
     precision: "ieee" (exact fp32 products), "tf32x3" or "tf32".
+    plan, precentre: a GramPlan other than launch_plan's, the pre-pass on or off (None: for "tf32"
+      only), for the benchmarks' A/B cases; the results are the same either way.
 
-    Each program sums at most MAX_ROWS_PER_PROGRAM[precision] rows in fp32 into fp32
-    scratch; the scratch is added to ``out`` in float64 after every launch.
+    Each program sums at most MAX_ROWS_PER_PROGRAM[precision] rows in fp32 into its slice of an
+    fp32 scratch; the slices are added to ``out`` in float64 after every launch.
     """
     symmetric = b is None
     if symmetric:
@@ -138,31 +202,28 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
     dim_b = b.shape[1]
     if n == 0:
         return out
-    cfg = CONFIGS[choose_config(dim_a, dim_b)]
-    tiles = _num_tiles(dim_a, dim_b, cfg.block, symmetric)
-    # Few tiles: split the rows across more programs, each with its own scratch slice.
-    want_splits = math.ceil(2 * multiprocessors(a.device) / tiles)
-    fit_splits = max(1, _SPLIT_SCRATCH_BYTES // (4 * dim_a * dim_b))
-    useful_splits = max(1, n // (8 * cfg.block_k))
-    max_splits = max(1, min(want_splits, fit_splits, useful_splits))
-    rows_per_split = min(MAX_ROWS_PER_PROGRAM[precision], triton.cdiv(n, max_splits))
-    rows_per_launch = rows_per_split * max_splits
+    plan = plan or launch_plan(n, dim_a, dim_b, symmetric, precision, multiprocessors(a.device))
+    cfg = CONFIGS[plan.config]
     # Zeroed once: tiles below the diagonal are never written in the symmetric case.
-    scratch = out.new_zeros((min(max_splits, triton.cdiv(n, rows_per_split)), dim_a, dim_b),
+    scratch = out.new_zeros((min(plan.splits, triton.cdiv(n, plan.rows_per_split)), dim_a, dim_b),
                             dtype=torch.float32)
-    for start in range(0, n, rows_per_launch):
-        a_part = a[start:start + rows_per_launch]
-        b_part = b[start:start + rows_per_launch]
+    precentred = precision == "tf32" if precentre is None else precentre
+    for start in range(0, n, plan.rows_per_launch):
+        a_part = a[start:start + plan.rows_per_launch]
+        b_part = b[start:start + plan.rows_per_launch]
         rows = a_part.shape[0]
-        splits = triton.cdiv(rows, rows_per_split)
-        _centered_gram_kernel[(tiles, splits)](
+        splits = triton.cdiv(rows, plan.rows_per_split)
+        if precentred:  # views [rows, d] of [d, ld] copies: unit row stride, K-major tiles
+            a_part = _centred_transposed(a_part, a_shift).T
+            b_part = a_part if symmetric else _centred_transposed(b_part, b_shift).T
+        _centered_gram_kernel[(plan.tiles, splits)](
             a_part, b_part, a_shift, b_shift, scratch,
-            rows, rows_per_split, dim_a, dim_b,
+            rows, plan.rows_per_split, dim_a, dim_b,
             a_part.stride(0), a_part.stride(1), b_part.stride(0), b_part.stride(1),
             scratch.stride(0), scratch.stride(1),
-            SYMMETRIC=symmetric, PRECISION=precision,
+            SYMMETRIC=symmetric, PRECISION=precision, PRECENTRED=precentred,
             BLOCK_I=cfg.block, BLOCK_J=cfg.block, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages[precision],
         )
         if splits == 1:
             out += scratch[0]
@@ -171,49 +232,54 @@ def centered_gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision
     return out
 
 
-def gate_entries():
-    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
-    signature = {
+def _signature(precentred: bool) -> dict:
+    """Row-major rows (unit column stride), or the "tf32" path's transposed copies (unit row stride)."""
+    unit, other = ("stride_a_row", "stride_b_row") if precentred else ("stride_a_col", "stride_b_col")
+    strides = {"stride_a_row": "i32", "stride_a_col": "i32", "stride_b_row": "i32", "stride_b_col": "i32"}
+    strides.update({unit: "constexpr", other: "constexpr"})
+    return {
         "a_ptr": "*fp32", "b_ptr": "*fp32", "a_shift_ptr": "*fp32", "b_shift_ptr": "*fp32",
-        "out_ptr": "*fp32",
-        "n_rows": "i32", "rows_per_split": "i32", "dim_a": "i32", "dim_b": "i32",
-        "stride_a_row": "i32", "stride_a_col": "constexpr",
-        "stride_b_row": "i32", "stride_b_col": "constexpr",
+        "out_ptr": "*fp32", "n_rows": "i32", "rows_per_split": "i32", "dim_a": "i32", "dim_b": "i32",
+        **{k: strides[k] for k in ("stride_a_row", "stride_a_col", "stride_b_row", "stride_b_col")},
         "stride_out_split": "i32", "stride_out_row": "i32",
     }
-    contiguous = {"stride_a_col": 1, "stride_b_col": 1}  # what the API launches: rows contiguous
+
+
+def _entry_name(cfg_name: str, precision: str, symmetric: bool) -> str:
+    return f"centered_gram[{cfg_name},{precision},{'sym' if symmetric else 'cross'}]"
+
+
+def gate_entries():
+    """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
     for cfg_name, cfg in CONFIGS.items():
         for precision in PRECISIONS:
+            precentred = precision == "tf32"
+            unit = {"stride_a_row": 1, "stride_b_row": 1} if precentred else {"stride_a_col": 1, "stride_b_col": 1}
             for symmetric in (True, False):
                 constexprs = {
-                    **contiguous, "SYMMETRIC": symmetric, "PRECISION": precision,
+                    **unit, "SYMMETRIC": symmetric, "PRECISION": precision, "PRECENTRED": precentred,
                     "BLOCK_I": cfg.block, "BLOCK_J": cfg.block, "BLOCK_K": cfg.block_k,
                 }
-                name = f"centered_gram[{cfg_name},{precision},{'sym' if symmetric else 'cross'}]"
-                yield (name, _centered_gram_kernel, signature, constexprs,
-                       cfg.num_warps, cfg.num_stages, precision != "ieee")
+                yield (_entry_name(cfg_name, precision, symmetric), _centered_gram_kernel,
+                       _signature(precentred), constexprs, cfg.num_warps, cfg.num_stages[precision],
+                       precision != "ieee")
 
 
-def gate_targets(sms: int = 132):
-    """(entry name, shape label, int args, grid) of the symmetric Gram launches at N = 50 000,
-    d = 3072 on a GPU with ``sms`` SMs, for the compile gate: one row per distinct launch, its
-    count in the label (``launches=``). Repeats the arithmetic of centered_gram_accumulate."""
-    n, dim = 50000, 3072
-    cfg_name = choose_config(dim, dim)
-    cfg = CONFIGS[cfg_name]
-    tiles = _num_tiles(dim, dim, cfg.block, True)
+#: Target shape of issue 14 and the SMs of an H200.
+TARGET = {"N": 50_000, "d": 3072}
+TARGET_SMS = 132
+
+
+def gate_targets():
+    """(entry_name, shape_label, int_args, grid) of the symmetric entries at the target shape: the
+    first launch of the plan (the last may have fewer splits), ints as the launcher passes them."""
+    n, d = TARGET["N"], TARGET["d"]
     for precision in PRECISIONS:
-        want_splits = math.ceil(2 * sms / tiles)
-        fit_splits = max(1, _SPLIT_SCRATCH_BYTES // (4 * dim * dim))
-        useful_splits = max(1, n // (8 * cfg.block_k))
-        max_splits = max(1, min(want_splits, fit_splits, useful_splits))
-        rows_per_split = min(MAX_ROWS_PER_PROGRAM[precision], triton.cdiv(n, max_splits))
-        rows_per_launch = rows_per_split * max_splits
-        launches = [min(rows_per_launch, n - start) for start in range(0, n, rows_per_launch)]
-        for rows in sorted(set(launches), reverse=True):
-            splits = triton.cdiv(rows, rows_per_split)
-            yield (f"centered_gram[{cfg_name},{precision},sym]",
-                   f"N={n},d={dim},rows={rows},launches={launches.count(rows)}",
-                   {"n_rows": rows, "rows_per_split": rows_per_split, "dim_a": dim, "dim_b": dim,
-                    "stride_a_row": dim, "stride_b_row": dim, "stride_out_split": dim * dim, "stride_out_row": dim},
-                   (tiles, splits))
+        plan = launch_plan(n, d, d, True, precision, TARGET_SMS)
+        rows = min(n, plan.rows_per_launch)
+        stride = triton.cdiv(rows, 16) * 16 if precision == "tf32" else d  # the copy's ld, or the rows'
+        key = "stride_a_col" if precision == "tf32" else "stride_a_row"
+        int_args = {"n_rows": rows, "rows_per_split": plan.rows_per_split, "dim_a": d, "dim_b": d,
+                    key: stride, key.replace("_a_", "_b_"): stride, "stride_out_split": d * d, "stride_out_row": d}
+        yield (_entry_name(plan.config, precision, True), f"N={n},d={d} ({plan.launches} launches)", int_args,
+               (plan.tiles, plan.splits))

@@ -23,16 +23,15 @@ def test_matches_brute_force_float64(n, d, batch, k, seed):
     assert rel_err(dist, ref_dist) < 1e-6
 
 
-@pytest.mark.parametrize("n,d,batch,k", [(130, 7, 3, 3), (64, 129, 33, 5), (600, 5, 2, 40), (150, 40, 40, 3)])
+@pytest.mark.parametrize("n,d,batch,k", [(130, 7, 3, 3), (64, 129, 33, 5), (600, 5, 2, 40), (150, 40, 70, 3)])
 def test_triton_candidates_match_brute_force(monkeypatch, n, d, batch, k):
     """The fused distance + running top-k kernel (interpreted: its sorts are slow, sizes small).
     130 rows: two full tiles and a ragged one; 33 queries: two query blocks; 600 rows: several
-    tiles per program (the running merge), k = 40 of 64 slots; (150, 40, 40): past the kernel's one
-    tile configuration (BLOCK_M = 32 queries, BLOCK_N = 64 rows, BLOCK_K = 16 features) in every
-    dimension at once."""
+    tiles per program (the running merge), k = 40 of 64 slots; (150, 40, 70): past the kernel's
+    tile (BLOCK_M = 64 queries, BLOCK_N = 64 rows, BLOCK_K = 16 features) in every dimension at once."""
     from fastgauss.kernels import neighbors as kernel
 
-    assert (kernel.BLOCK_M, kernel.BLOCK_N, kernel.BLOCK_K) == (32, 64, 16)  # what the sizes reach past
+    assert (kernel.BLOCK_M, kernel.BLOCK_N, kernel.BLOCK_K) == (64, 64, 16)  # what the sizes reach past
     monkeypatch.setenv("FASTGAUSS_BACKEND", "triton")
     g = torch.Generator().manual_seed(n)
     data = torch.rand(n, d, generator=g) * 2 - 1
@@ -146,22 +145,26 @@ def test_strided_and_non_contiguous_inputs(backend):
 
 
 @pytest.mark.kernel
-def test_kernel_writes_every_candidate_slot():
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_kernel_writes_every_candidate_slot(precision):
     """Poisoned key buffer (-1, which no key can be): every slot of every split and query is
     written, and each split holds the 64 smallest fp32 distances of its own rows."""
     from fastgauss.kernels import neighbors as kernel
 
     g = torch.Generator().manual_seed(6)
-    n, d, b, splits = 200, 21, 35, 3  # two query blocks; 67 rows per split: a full tile and a ragged one
+    n, d, b, splits = 200, 21, 67, 3  # two query blocks; 67 rows per split: a full tile and a ragged one
     data = torch.rand(n, d, generator=g) * 2 - 1
     center = data.double().mean(0)
     xc = (torch.rand(b, d, generator=g) * 2 - 1).double() - center
     y_norms = ((data.double() - center) ** 2).sum(1).float()
     keys = torch.full((splits, b, kernel.BLOCK_N), -1, dtype=torch.int64)
     rows_per_split = -(-n // splits)
+    centre = kernel.CONFIGS[precision].centre_rows
+    consts = (xc**2).sum(1) + (0 if centre else 2 * xc @ center)  # |a|^2 (+ 2 a.c on raw rows)
     kernel._nn_candidates_kernel[(-(-b // kernel.BLOCK_M), splits)](
-        xc.float(), (xc**2).sum(1).float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
-        data.stride(0), BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N, BLOCK_K=kernel.BLOCK_K)
+        xc.float(), consts.float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
+        data.stride(0), PRECISION=precision, CENTRE_ROWS=centre, BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N,
+        BLOCK_K=kernel.BLOCK_K)
     assert bool((keys >= 0).all()), "a slot was not written"
     exact = torch.cdist(xc, data.double() - center) ** 2
     for s in range(splits):

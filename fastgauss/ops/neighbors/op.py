@@ -78,29 +78,40 @@ def _product_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     return {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}[mode]
 
 
-def _error_bound(a: torch.Tensor, summary: _Summary, dim: int, u: float) -> torch.Tensor:
-    """[B]: a bound on |fp key - exact key| for every row, for centred queries a: [B, d].
+def _error_bound(a: torch.Tensor, summary: _Summary, gamma: float, u: float) -> torch.Tensor:
+    """[B]: a bound on |fp key - exact key| for every row, up to one constant per query (which the
+    band compares keys of a single query across, so it cancels), for centred queries a: [B, d].
 
     A key is |y - c|^2 - 2 a.y (a per-query constant away from |x - y|^2): the product errs by at
-    most gamma_d |a| |y| (any summation order, FMA included), the rounded norm, the rounded a and
-    the sum by a few u (|y - c|^2 + |a| |y|); |y| <= radius + |c|, |y - c| <= radius.
+    most gamma |a| |y| (gamma: the relative error of the dot products, any summation order, FMA
+    and tensor cores included), the rounded norm, the rounded a and the sum by a few u (unit
+    roundoff of the elementwise fp arithmetic) times (|y - c|^2 + |a| |y|); |y| <= radius + |c|,
+    |y - c| <= radius. The kernel on raw rows adds the constant |a|^2 + 2 a.c before the two fp32
+    sums, whose roundings then grow by at most 2 x 2 u |a| |c| <= 4 u |a| |y|: hence 12 u, not 8.
     """
-    # bf16 products at large d bound nothing: every row then becomes a candidate (exact, slow)
-    gamma = dim * u / (1 - dim * u) if dim * u < 0.5 else float("inf")
     a_norm = a.to(torch.float64).norm(dim=1)
     y_max = summary.radius + summary.center_norm
     stored = 2.0**-53 if summary.norms.dtype == torch.float64 else 2.0**-24  # the cached norms' rounding
-    return ((2 * gamma + 8 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
+    return ((2 * gamma + 12 * u) * a_norm * y_max + 3 * u * (summary.radius**2 + a_norm**2)
             + stored * summary.radius**2)
 
 
+def _gamma(dim: int, u: float) -> float:
+    """Relative error bound of a length-``dim`` dot product with unit roundoff u (inf where it bounds
+    nothing: bf16 products at large d; every row then becomes a candidate, exact but slow)."""
+    return dim * u / (1 - dim * u) if dim * u < 0.5 else float("inf")
+
+
 def _kernel_candidates(a: torch.Tensor, data: torch.Tensor, summary: _Summary, count: int):
-    from ...kernels.neighbors import nn_candidates
+    """(keys, indices, gamma) of the Triton candidate pass (gamma: its products' relative error)."""
+    from ...kernels.neighbors import DEFAULT_PRECISION, dot_error, nn_candidates
 
     rows = data if data.stride(1) == 1 else data.contiguous()
     a32 = a.float().contiguous()
-    return nn_candidates(a32, (a.to(torch.float64) ** 2).sum(1).float(), rows, summary.center.float(),
-                         summary.norms.float(), count)
+    keys, idx = nn_candidates(a32, (a.to(torch.float64) ** 2).sum(1).float(), rows, summary.center.float(),
+                              summary.norms.float(), count, precision=DEFAULT_PRECISION)
+    # the interpreter (CPU tensors) ignores input_precision; the bound of the mode covers it anyway
+    return keys, idx, dot_error(a.shape[1], DEFAULT_PRECISION)
 
 
 def _torch_candidates(a: torch.Tensor, data: torch.Tensor, summary: _Summary, count: int):
@@ -125,9 +136,12 @@ def _torch_candidates(a: torch.Tensor, data: torch.Tensor, summary: _Summary, co
 def _candidates(x: torch.Tensor, data: torch.Tensor, summary: _Summary, k: int, count: int, dtype):
     """Groups (query rows [b], candidate indices [b, C], C >= k) holding every exact k-nearest row.
 
-    fp keys rank the rows; a query's candidates suffice once the largest kept key exceeds its
-    k-th key by twice the error bound (then no row left out can beat the k-th); queries where
-    more rows lie within that band get four times more candidates, up to all N rows.
+    fp keys rank the rows, each within ``bound`` of its exact key. A row whose key exceeds the k-th
+    key by more than twice the bound cannot be among the k nearest (its exact key is larger than the
+    exact keys of the k rows kept); so once the largest key computed passes that band, the rows
+    within it are the candidates. Queries where more rows lie within the band get four times more
+    candidates, up to all N rows. The kernel computes its MAX_CANDIDATES slots whatever ``count``
+    asks for, so it returns them all and the band alone trims them.
     """
     n = data.shape[0]
     a = (x.to(torch.float64) - summary.center.to(x.device)).to(dtype)
@@ -140,18 +154,19 @@ def _candidates(x: torch.Tensor, data: torch.Tensor, summary: _Summary, k: int, 
     groups = []
     while todo.numel():
         if count <= max_kernel:
-            keys, idx = _kernel_candidates(a[todo], data, summary, count)
-            u = 2.0**-24  # the kernel's products are ieee fp32
+            keys, idx, gamma = _kernel_candidates(a[todo], data, summary, min(n, max_kernel))
+            u = 2.0**-24  # the kernel's elementwise arithmetic is fp32
         else:
             keys, idx = _torch_candidates(a[todo], data, summary, count)
             u = _product_roundoff(dtype, x.device)  # TF32 where the process allows it
-        bound = _error_bound(a[todo], summary, data.shape[1], u).to(x.device)
-        last, kth = keys[:, -1].to(torch.float64), keys[:, k - 1].to(torch.float64)
-        enough = (last > kth + 2 * bound) | (count >= n)
+            gamma = _gamma(data.shape[1], u)
+        band = keys[:, k - 1].to(torch.float64) + 2 * _error_bound(a[todo], summary, gamma, u).to(x.device)
+        enough = (keys[:, -1].to(torch.float64) > band) | (keys.shape[1] >= n)
         if bool(enough.any()):
-            groups.append((todo[enough], idx[enough]))
+            within = int((keys[enough].to(torch.float64) <= band[enough, None]).sum(1).max())
+            groups.append((todo[enough], idx[enough][:, :max(k, within)]))
         todo = todo[~enough]
-        count = min(n, 4 * count)
+        count = min(n, 4 * max(count, keys.shape[1]))
     return groups
 
 
@@ -180,10 +195,12 @@ def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Te
 
     Candidates come from fp32 keys |y - c|^2 - 2 (x - c).y (c: the data's mean; the centred
     squared norms |y - c|^2 are computed once in float64 from direct differences and cached on
-    the data tensor's identity and version, so an in-place change is seen). A query keeps its
-    best k + ``margin`` candidates when the last of them is farther than the k-th by twice the
-    keys' error bound, and gets more otherwise; the candidates are then re-ranked by the distance
-    computed directly in float64. ``margin`` only trades speed: the result is exact either way.
+    the data tensor's identity and version, so an in-place change is seen; on CUDA the products
+    are tf32x3, within a proven bound). A query computes its best k + ``margin`` keys (the Triton
+    pass: its 64 slots), and when the last of them is farther than the k-th by twice the keys'
+    error bound, the rows within that band are its candidates; otherwise it gets more. The
+    candidates are then re-ranked by the distance computed directly in float64. ``margin`` only
+    trades speed: the result is exact either way.
 
     Example:
         >>> import torch, fastgauss
