@@ -69,7 +69,7 @@ def all_reduce_moments(moments, group=None) -> None:
         moments._cross_scatter, moments._cross_mean = cross, cross_mean
     moments.count = int(n)
     # The least precise products any rank accumulated with (as Moments.merge keeps them).
-    from ..ops.moments.op import PRODUCT_ROUNDING
+    from ..ops.moments import PRODUCT_ROUNDING
     order = list(PRODUCT_ROUNDING)
     mine = order.index(moments.product_precision) if moments.product_precision is not None else -1
     worst = torch.tensor([mine], dtype=torch.int64, device=device)

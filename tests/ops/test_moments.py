@@ -343,7 +343,7 @@ def test_old_state_dicts_load_with_a_conservative_product_precision(precision, a
 def test_cuda_products_follow_the_process_tf32_setting(monkeypatch):
     """The PyTorch path's products are TF32 when the process allows it: the record says so
     (checked without changing the process-wide flag: its reader is patched)."""
-    from fastgauss.ops.moments import op as mod
+    from fastgauss.ops.moments import products as mod
 
     x = torch.randn(4, 3)
     assert mod._torch_products(x) == "float32" and mod._torch_products(x.double()) == "float64"

@@ -11,34 +11,20 @@ from .training_set import TrainingSet
 
 #: Unit roundoff of each product mode's operands (relative error of one operand).
 _UNIT_ROUNDOFF = {"bf16": 2.0**-8, "tf32": 2.0**-11, "ieee": 2.0**-24, "float64": 2.0**-53}
-
-
 #: Fastest first.
 _SPEED_ORDER = ("bf16", "tf32", "ieee")
-
-
 #: Probabilistic factor of the accumulation error (see ``error_bound``).
 LAMBDA = 8.0
-
-
 #: Default weight tolerance of the exact path: every row left out of the float64 re-scoring
 #: carries, together with all such rows, less than this fraction of the total weight.
 WEIGHT_TOL = 1e-7
-
-
 #: fp32 weights are used as they are (no re-scoring) where their bound keeps every weight
 #: within this relative error.
 ENOUGH = 1e-6
-
-
 #: Rows re-scored per query at most; a query whose window holds more is recomputed in float64.
 WINDOW_CAP = 256
-
-
 #: Candidate records (24 bytes each) kept at most during a pass, all queries together.
 MAX_RECORDS = 1 << 21
-
-
 #: Suffix of ``last_precision`` when the exact path ran.
 EXACT = " + float64 near ties"
 

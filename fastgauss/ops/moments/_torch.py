@@ -7,7 +7,6 @@ where only column blocks on and above the diagonal are multiplied (about half th
 
 from __future__ import annotations
 
-import torch
 
 #: Column block of the symmetric product: large enough for BLAS to run near its peak.
 COLUMN_BLOCK = 512

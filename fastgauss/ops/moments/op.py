@@ -8,58 +8,11 @@ from collections.abc import Iterable
 import torch
 
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
-from ..._core.backend import backend_for
-from . import _torch as _gram_torch
+from .products import PRODUCT_ROUNDING, ROUNDING_FACTOR, _CONSERVATIVE, _gram_accumulate, _upper_to_symmetric, _worst
+from .state import restored, state_of
+
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-_STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)  # version 1 did not record the product precision
-
-#: Unit roundoff of one product in each accumulation precision, least to most rounding.
-PRODUCT_ROUNDING = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32x3": 2.0**-21, "tf32": 2.0**-11,
-                    "bf16": 2.0**-8}
-#: Eigenvalues below ROUNDING_FACTOR * roundoff * lambda_max are rounding, not variance. The null-space
-#: eigenvalues of fp32-accumulated covariances measure 0.3 to 0.7 roundoffs of lambda_max (N from 60
-#: to 20 000, d from 200 to 1500, data in a subspace): a factor 4 leaves a margin of 6 and keeps real
-#: eigenvalues that fp32 products still resolve (zeroing one costs sqrt(lambda / trace) at sigma = 0).
-ROUNDING_FACTOR = 4
-#: What a version-1 state (no record) is assumed to hold: the worst its kernel mode could give.
-_CONSERVATIVE = {"ieee": "float32", "tf32x3": "tf32x3", "tf32": "tf32"}
-
-
-def _worst(a: str | None, b: str | None) -> str | None:
-    order = list(PRODUCT_ROUNDING)
-    known = [p for p in (a, b) if p is not None]
-    return max(known, key=order.index) if known else None
-
-
-def _torch_products(a: torch.Tensor) -> str:
-    """The precision of PyTorch's matmul on ``a``'s dtype and device, given the process's settings."""
-    if a.dtype == torch.float64:
-        return "float64"
-    mode = torch.get_float32_matmul_precision()
-    if a.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        mode = "high" if mode == "highest" else mode
-    return {"highest": "float32", "high": "tf32", "medium": "bf16"}[mode]
-
-
-def _gram_accumulate(out, a, a_shift, b=None, b_shift=None, *, precision) -> str:
-    """out += (a - a_shift)^T (b - b_shift) on the backend that suits ``a`` (float64: PyTorch).
-
-    Returns the precision the products were computed in (a key of PRODUCT_ROUNDING)."""
-    if a.dtype != torch.float64 and backend_for(a) == "triton":
-        from ...kernels.moments import centered_gram_accumulate
-        convert = lambda t: None if t is None else t.to(torch.float32).contiguous()  # noqa: E731
-        centered_gram_accumulate(out, convert(a), convert(a_shift), convert(b), convert(b_shift),
-                                 precision=precision)
-        # The interpreter (CPU tensors) ignores input_precision: its products are exact fp32.
-        return {"ieee": "float32", "tf32x3": "tf32x3", "tf32": "tf32"}[precision] if a.is_cuda else "float32"
-    _gram_torch.centered_gram_accumulate(out, a, a_shift, b, b_shift)
-    return _torch_products(a)
-
-
-def _upper_to_symmetric(upper: torch.Tensor) -> torch.Tensor:
-    return torch.triu(upper) + torch.triu(upper, 1).T
 
 
 class Moments:
@@ -315,49 +268,14 @@ class Moments:
     # ---------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
         """A copy of the state, for torch.save; load it with ``load_state_dict`` to resume."""
-        state = {"version": _STATE_VERSION, "count": self.count, "precision": self.precision,
-                 "product_precision": self.product_precision,
-                 "feature_shape": self.feature_shape, "cross_feature_shape": self.cross_feature_shape}
-        if self.feature_shape is not None:
-            state["mean"] = self._mean.clone()
-            state["scatter"] = _upper_to_symmetric(self._scatter)
-            if self.paired:
-                state["cross_mean"] = self._cross_mean.clone()
-                state["cross_scatter"] = self._cross_scatter.clone()
-        return state
+        return state_of(self)
 
     def load_state_dict(self, state: dict) -> Moments:
         """Restore a state written by ``state_dict`` (replacing the current one); returns self.
 
         A version-1 state (written before ``product_precision`` was recorded) loads with the
         worst product precision its kernel mode could have given."""
-        if state.get("version") not in _READABLE_VERSIONS:
-            raise ValueError(f"state: version {state.get('version')!r} is not one of {_READABLE_VERSIONS}")
-        fresh = Moments(precision=state["precision"])
-        fresh.count = int(state["count"])
-        products = state.get("product_precision", _CONSERVATIVE[fresh.precision] if fresh.count else None)
-        if products is not None and products not in PRODUCT_ROUNDING:
-            raise ValueError(f"state['product_precision']: expected one of {', '.join(PRODUCT_ROUNDING)}, "
-                             f"got {products!r}")
-        fresh.product_precision = products
-        if state["feature_shape"] is not None:
-            shape, cross_shape = tuple(state["feature_shape"]), state["cross_feature_shape"]
-            cross_shape = None if cross_shape is None else tuple(cross_shape)
-            d = math.prod(shape)
-            expect = {"mean": (d,), "scatter": (d, d)}
-            if cross_shape is not None:
-                expect.update(cross_mean=(math.prod(cross_shape),), cross_scatter=(math.prod(cross_shape), d))
-            for key, want in expect.items():
-                got = tuple(state[key].shape) if key in state else None
-                if got != want:
-                    raise ValueError(f"state[{key!r}]: expected shape {want}, got {got}")
-            fresh.feature_shape, fresh.cross_feature_shape = shape, cross_shape
-            fresh._mean = state["mean"].to(torch.float64).clone()
-            fresh._scatter = state["scatter"].to(torch.float64).clone()
-            if cross_shape is not None:
-                fresh._cross_mean = state["cross_mean"].to(torch.float64).clone()
-                fresh._cross_scatter = state["cross_scatter"].to(torch.float64).clone()
-        self.__dict__.update(fresh.__dict__)
+        self.__dict__.update(restored(state).__dict__)
         return self
 
     @classmethod
