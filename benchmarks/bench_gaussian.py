@@ -129,3 +129,21 @@ def test_from_fp32_moments_accuracy_at_d3072(n, capsys):
         print(f"\nfrom_moments N={n} d={D} (rank {int((den.eigvals > 0).sum())}): relative error " +
               ", ".join(f"sigma={s:g}: {e:.2e}" for s, e in errors.items()))
     assert max(errors.values()) < 2e-5
+
+
+def test_public_op_overhead_over_eager_at_b64_r256(gaussian, capsys):
+    """The public op's Python over the same two matrix products in eager PyTorch (issue: <= 5 %),
+    B = 64, d = 3072, r = 256, per-sample sigma. Both timed here, interleaved, best of 25 x 20 calls."""
+    import timeit
+
+    x, sigmas, mean, lam, u = _inputs((64, 256, 1), gaussian)
+    s = sigmas[:, 0].contiguous()
+    out = fastgauss.gaussian_denoise(x, s, mean, u, lam)
+    assert torch.allclose(out, _eager(x, s, mean, lam, u), atol=1e-4, rtol=1e-4)
+    eager, op = [], []
+    for _ in range(25):
+        eager.append(timeit.timeit(lambda: _eager(x, s, mean, lam, u), number=20) / 20)
+        op.append(timeit.timeit(lambda: fastgauss.gaussian_denoise(x, s, mean, u, lam), number=20) / 20)
+    with capsys.disabled():
+        print(f"\ngaussian_denoise B=64 d={D} r=256 on CPU ({torch.get_num_threads()} threads): {min(op) * 1e3:.3f} ms "
+              f"against {min(eager) * 1e3:.3f} ms eager: overhead {min(op) / min(eager) - 1:+.1%} (goal <= 5 %)")

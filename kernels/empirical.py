@@ -37,7 +37,7 @@ from ._common import TileConfig, multiprocessors
 from ._empirical_jit import _dots_kernel, _softmax_kernel, _weighted_sum_kernel
 
 #: (distance products, weighted-sum products): explicit modes use one precision for both; "auto"
-#: (in fastgauss.ops.empirical.op) lowers the distances only where provably harmless and keeps the sum
+#: (fastgauss.ops.empirical.precision) lowers the distances only where provably harmless and keeps the sum
 #: at about fp32 accuracy on tensor cores (tf32x3).
 MODES = (("ieee", "ieee"), ("tf32", "tf32"), ("bf16", "bf16"), ("tf32", "tf32x3"), ("bf16", "tf32x3"))
 #: Launch configurations by the product's precision (the compile gate builds each; each fits

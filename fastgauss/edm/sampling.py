@@ -19,6 +19,12 @@ def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: f
     """Karras et al. (2022) schedule: [n + 1] levels, sigma_max down to sigma_min, then 0.
 
     sigma_i = (smax^(1/rho) + i / (n - 1) (smin^(1/rho) - smax^(1/rho)))^rho for i < n.
+
+    Example:
+        >>> import fastgauss
+        >>> s = fastgauss.edm_sigmas(4)
+        >>> [round(v, 4) for v in s.tolist()]
+        [80.0, 9.7232, 0.47, 0.002, 0.0]
     """
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n: expected a number of steps >= 1, got {n!r}")
@@ -142,6 +148,15 @@ def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None,
     sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples [B, ...], or
     (samples, {"x": [m + 1, B, ...], "denoised": [m, B, ...], "sigma": [m + 1], "nfe": int,
     "jump": (sigma_from, sigma_to) when teleported}), m the number of steps taken.
+
+    Example (the Gaussian denoiser of a dataset stands in for a network):
+        >>> import torch, fastgauss
+        >>> data = torch.randn(500, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
+        >>> z = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+        >>> x, traj = fastgauss.sample_euler(g, z, fastgauss.edm_sigmas(18), return_trajectory=True)
+        >>> tuple(x.shape), traj["nfe"], tuple(traj["x"].shape)
+        ((8, 1, 4, 4), 18, (19, 8, 1, 4, 4))
     """
     x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
                                 return_trajectory, "euler")
@@ -164,6 +179,17 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
     noise with gamma = min(S_churn / n, sqrt(2) - 1) for levels in [S_min, S_max].
     Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
     first evaluation).
+
+    Example (18 steps: 35 calls, within 5 % of the exact Gaussian flow; 64 steps: within 0.5 %):
+        >>> import torch, fastgauss
+        >>> data = torch.randn(500, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
+        >>> z = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+        >>> x, traj = fastgauss.sample_heun(g, z, fastgauss.edm_sigmas(18), return_trajectory=True)
+        >>> exact = g.sample(z, torch.tensor([80.0, 0.0]))
+        >>> rel = lambda a: float((a - exact).norm() / exact.norm())
+        >>> traj["nfe"], rel(x) < 0.05, rel(fastgauss.sample_heun(g, z, fastgauss.edm_sigmas(64))) < 0.005
+        (35, True, True)
     """
     x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
                                 return_trajectory, "heun")

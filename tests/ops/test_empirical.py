@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastgauss
 from fastgauss import reference as ref
+from fastgauss.ops.empirical import precision as empirical_precision
 from fastgauss.ops.empirical import stream as empirical_stream
 from fastgauss.ops.empirical.precision import EXACT, choose_precision
 from fastgauss.ops.empirical.training_set import TrainingSet
@@ -330,7 +331,7 @@ def test_the_exact_path_is_skipped_where_fp32_weights_are_provably_good(backend)
 
 
 def test_wide_windows_fall_back_to_float64(backend, monkeypatch):
-    monkeypatch.setattr(empirical, "WINDOW_CAP", 3)
+    monkeypatch.setattr(empirical_precision, "WINDOW_CAP", 3)
     g = torch.Generator().manual_seed(26)
     base = torch.rand(30, 50, generator=g) * 2 - 1
     data = torch.cat([base, base[:5].repeat(4, 1)])  # five rows five times each: windows of 5 rows

@@ -438,3 +438,29 @@ def test_same_call_same_bits_whatever_was_cached():
     den(large, 0.4)  # builds and caches the operator for this level
     assert len(den._operators) == 1
     assert torch.equal(den(small, 0.4), before)  # the small batch still takes its own route
+
+
+def test_the_public_op_validates_a_gaussian_once_and_again_after_an_in_place_change(monkeypatch):
+    """The validation cache (ops/gaussian/validation.py) never lets a changed Gaussian through."""
+    from fastgauss.ops.gaussian import validation
+
+    calls = []
+    original = validation.validate_gaussian
+    monkeypatch.setattr(validation, "validate_gaussian", lambda *a: calls.append(1) or original(*a))
+    g = torch.Generator().manual_seed(3)
+    u = torch.linalg.qr(torch.randn(12, 5, generator=g))[0]
+    lam, mean, x = torch.rand(5, generator=g) + 0.1, torch.randn(12, generator=g), torch.randn(7, 12, generator=g)
+    first = fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+    again = fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+    assert len(calls) == 1 and torch.equal(first, again)
+    u.mul_(2)  # no longer orthonormal: seen through the version counter
+    with pytest.raises(ValueError, match="orthonormal"):
+        fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+    u.div_(2)
+    lam[0] = float("nan")
+    with pytest.raises(ValueError, match="eigvals"):
+        fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+    lam[0] = 0.5
+    mean2 = mean.clone()  # another tensor with the same values: validated as well
+    fastgauss.gaussian_denoise(x, 0.3, mean2, u, lam)
+    assert len(calls) == 4  # the first call, the two refused ones, and the new mean

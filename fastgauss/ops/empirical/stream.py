@@ -8,7 +8,8 @@ import torch
 from . import _torch as et
 from ..._core.arrays import inspectable
 from ..._core.backend import backend_for
-from .precision import EXACT, MAX_RECORDS, WINDOW_CAP, _Candidates, _resolve, windows
+from . import precision as limits  # limits.WINDOW_CAP and limits.MAX_RECORDS read at call time (tests lower them)
+from .precision import EXACT, _Candidates, _resolve, windows
 from .training_set import TrainingSet
 
 
@@ -35,7 +36,7 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
                 inside = s >= threshold[:, None]
                 qid, col = inside.nonzero(as_tuple=True)
                 cands.add(qid, col + start, s[qid, col].to(torch.float64))
-                if cands.qid.numel() > MAX_RECORDS // 2:
+                if cands.qid.numel() > limits.MAX_RECORDS // 2:
                     cands.prune()
         if plain:  # D only: the running (m, l, acc) of flash attention; no cancellation to avoid
             m_new = torch.maximum(m, top.values)
@@ -91,20 +92,20 @@ def _kernel_pass(xc, inv_var, data: TrainingSet, modes, cands: _Candidates | Non
         block_norms = norms[start:start + block.shape[0]]
         if probes is None:
             out = kernel.empirical_partial(xc, inv_var, block, center, block_norms, precision=modes,
-                                           threshold=threshold, cap=WINDOW_CAP)
+                                           threshold=threshold, cap=limits.WINDOW_CAP)
             m, l, acc = (t.to(torch.float64) for t in out[:3])
             part.merge_(et.Partial(m, l, acc * _inverse(l)[:, None]))
             records = out[3:] if threshold is not None else None
         else:
             for ch in kernel.empirical_probe_chunks(xc, inv_var, block, center, block_norms, probes,
-                                                    precision=modes, threshold=threshold, cap=WINDOW_CAP):
+                                                    precision=modes, threshold=threshold, cap=limits.WINDOW_CAP):
                 part.merge_(_probe_partial(ch, p64), p64)
                 records = ch.records
         if threshold is not None:
             count, idx, s = records
-            over = count > WINDOW_CAP
+            over = count > limits.WINDOW_CAP
             cands.overflow |= over
-            slot = torch.arange(WINDOW_CAP, device=device)
+            slot = torch.arange(limits.WINDOW_CAP, device=device)
             keep = (slot[None, :] < count[:, None]) & ~over[:, None]
             qid = torch.arange(xc.shape[0], device=device)[:, None].expand_as(keep)[keep]
             cands.add(qid, idx[keep].to(torch.long) + start, s[keep].to(torch.float64))

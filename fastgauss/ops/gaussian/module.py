@@ -10,7 +10,8 @@ from torch import nn
 
 from . import _torch as gt
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
-from .op import PRECISIONS, denoise_validated, normalize_sigma, validate_gaussian
+from .op import PRECISIONS, denoise_validated, normalize_sigma
+from .validation import validate_gaussian
 from ..moments.op import Moments
 
 REMAINDERS = ("zero", "isotropic")

@@ -9,6 +9,7 @@ import torch
 from . import _torch as gt
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
 from ..._core.backend import backend_for
+from .validation import validated_once
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = gt.OUTPUTS
@@ -171,7 +172,7 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
     d = flatten_batch(x, "x").shape[1]
     mean, eigvecs, eigvals = (as_float(as_tensor(t, name)).to(x.device) for t, name in
                               ((mean, "mean"), (eigvecs, "eigvecs"), (eigvals, "eigvals")))
-    validate_gaussian(mean, eigvecs, eigvals, d)
+    validated_once(mean, eigvecs, eigvals, d)
     eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
     if not (math.isfinite(remainder) and remainder >= 0):
         raise ValueError(f"remainder: expected an eigenvalue >= 0, got {remainder!r}")
@@ -206,39 +207,3 @@ def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, 
         out = _compute(flat, grid, mean, eigvecs, eigvals, lam_rest, output, precision, basis)
     out = out.reshape(out.shape[0], *x.shape)
     return out if multi else out[0]
-
-
-def validate_gaussian(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int | None = None):
-    """ValueError unless mean: [d], eigvecs: [d, r], eigvals: [r] >= 0 (to rounding), all finite."""
-    d = mean.numel() if d is None else d
-    if mean.numel() != d:
-        raise ValueError(f"mean: has {mean.numel()} features but x has {d}")
-    if eigvecs.dim() != 2 or eigvecs.shape[0] != d:
-        raise ValueError(f"eigvecs: expected shape [{d}, r], got {tuple(eigvecs.shape)}")
-    r = eigvecs.shape[1]
-    if eigvals.shape != (r,):
-        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}], got {tuple(eigvals.shape)}")
-    for name, t in (("mean", mean), ("eigvecs", eigvecs), ("eigvals", eigvals)):
-        check_finite(t, name)
-    if r and eigvals.min() < -1e-6 * max(eigvals.abs().max().item(), 1e-30):
-        raise ValueError(f"eigvals: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
-                         "not a valid covariance")
-    if r:
-        _check_orthonormal(eigvecs)
-
-
-def _check_orthonormal(eigvecs: torch.Tensor) -> None:
-    """ValueError unless U^T U = I to the rounding of U's dtype, tested on two fixed random probes p:
-    |U^T U p - p| <= tol |p| (O(d r), not the r x r Gram; a U^T U != I passes only for p in its
-    eigenvalue-1 space, which fixed Gaussian probes miss almost surely)."""
-    r = eigvecs.shape[1]
-    probes = torch.randn(r, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    probes = probes.to(eigvecs.device)
-    u = eigvecs.to(torch.float64)
-    err = (u.T @ (u @ probes) - probes).norm(dim=0) / probes.norm(dim=0)
-    tol = 3e-2 if eigvecs.element_size() <= 2 else 1e-3
-    worst = float(err.max())
-    if not worst <= tol:
-        raise ValueError(f"eigvecs: columns are not orthonormal (|U^T U p - p| / |p| = {worst:.3g} for a random "
-                         f"p, tolerance {tol:g}); pass the eigenvectors of eigh (or orthonormalize them with "
-                         "torch.linalg.qr)")
