@@ -32,9 +32,12 @@ def shrink_dsigma(lam: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, -2 * sigma * lam / (safe * safe), torch.zeros_like(denom))
 
 
-def level_weights(sigma: torch.Tensor, lam: torch.Tensor, lam_rest: torch.Tensor):
-    """(w - a: [B, T, r], a: [B, T, 1]) for every row and level."""
+def level_weights(sigma: torch.Tensor, lam: torch.Tensor, lam_rest: torch.Tensor, has_rest: bool = True):
+    """(w - a: [B, T, r], a: [B, T, 1]) for every row and level; has_rest False: lam_rest is 0
+    (a = 0, and w alone is formed)."""
     s = sigma[..., None]
+    if not has_rest:
+        return shrink(lam, s), torch.zeros((), dtype=sigma.dtype, device=sigma.device).expand(*s.shape)
     base = shrink(lam_rest, s)
     return shrink(lam, s) - base, base
 
@@ -74,7 +77,7 @@ def denoise(x, sigma, mean, eigvecs, lam, lam_rest, output: str) -> torch.Tensor
         stop = min(n, start + rows)
         centred = x[start:stop] - mean
         coeffs = centred @ eigvecs
-        weight, base = level_weights(sigma[start:stop], lam, lam_rest)  # [b, T, r], [b, T, 1]
+        weight, base = level_weights(sigma[start:stop], lam, lam_rest, has_rest)  # [b, T, r], [b, T, 1]
         for t in range(levels):
             if output == "denoised":
                 bias = mean + base[:, t] * centred if has_rest else mean

@@ -138,10 +138,11 @@ def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[tor
         raise ValueError(f"sigma: expected a float, a 0-d tensor, {batch} values (one per sample) or a "
                          f"[{batch}, T] / [1, T] grid of levels, got shape {tuple(s.shape)}")
     if grid.numel() and inspectable(grid):
-        if not torch.isfinite(grid).all():
+        low, high = (float(v) for v in torch.aminmax(grid))  # one pass; NaN propagates into both
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("sigma: must be finite (got NaN or inf)")
-        if (grid < 0).any():
-            raise ValueError(f"sigma: must be >= 0, got minimum {grid.min().item():g}")
+        if low < 0:
+            raise ValueError(f"sigma: must be >= 0, got minimum {low:g}")
     return grid.contiguous(), multi
 
 
