@@ -76,21 +76,30 @@ def device_type(text: str) -> str:
     return str(device)
 
 
-def int_list(low: int):
-    """argparse type: a non-empty comma-separated list of integers >= low, e.g. 64,256,1797."""
-    def parse(text: str) -> list[int]:
+def number_list(kind: type, low=None, example: str = ""):
+    """argparse type: a non-empty comma-separated list of ``kind`` (int or float), each >= low
+    when given, e.g. ``number_list(int, 2)`` for 64,256,1797 or ``number_list(float)`` for 0.1,0.5,2."""
+    noun = "integers" if kind is int else "numbers"
+    hint = f", e.g. {example}" if example else ""
+
+    def parse(text: str) -> list:
         try:
-            values = [int(v) for v in text.split(",") if v.strip()]
+            values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}{hint}, got {text!r}") from None
         if not values:
-            raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-        small = [v for v in values if v < low]
+            raise argparse.ArgumentTypeError(f"expected at least one of the {noun}{hint}, got {text!r}")
+        small = [v for v in values if low is not None and v < low]
         if small:
-            raise argparse.ArgumentTypeError(f"every value must be an integer >= {low}, got {small[0]}")
+            raise argparse.ArgumentTypeError(f"every value must be >= {low}, got {small[0]}")
         return values
     parse.__name__ = "list"
     return parse
+
+
+def int_list(low: int):
+    """argparse type: a non-empty comma-separated list of integers >= low, e.g. 64,256,1797."""
+    return number_list(int, low)
 
 
 def default_device() -> str:
