@@ -24,14 +24,34 @@ tensor-core loops and loosest for FFMA loops whose lanes share operands. The com
 (the CTAs resident on one SM share it; the last wave's idle SMs are the wave efficiency). The HBM
 time is the modelled traffic / 4.3 TB/s, where an operand tile is read from HBM once per wave
 that touches it (L2 holds one wave's working set, not more) unless the whole operand fits in L2,
-plus scratch the kernel round-trips (the empirical accumulator) when the resident CTAs' share
-of it exceeds L2. Predicted time = max(compute, HBM). Not modelled: prologues and epilogues
-outside loops, latency (a wgmma waited on at once, wait depth 0, is costed as throughput only),
-launch overhead, L2 bandwidth, the host-side merges.
+plus what each kernel writes. Tile coordinates follow each launcher: the Gaussian kernels' 1-D
+grouped order (``_common.grouped_tile``, GROUP_M row blocks across every column block; the
+'before' builds with GROUP_M = 2^16, rows fastest), the moments' upper tiles per row split (A and
+B are the same rows: a (column block, split) read once per wave), the empirical weighted sum's
+(query block, split) and (feature block, split) tiles. Predicted time = max(compute, HBM).
+
+Per family (``workload``): Gaussian projection (x, pre-centred in the operand dtype at the large
+tensor-core tiles, and U^T; writes C, bf16 in bf16 mode) and reconstruction (C and U; reads x,
+writes D); moments (a launch's rows, its split scratch), times the launches of the label
+('(2 launches)'), each costed as the gate's first; neighbours (queries, rows, keys); the empirical
+denoiser per chunk: distances S = X Y'^T (reads both, writes S fp32), softmax (a program per query:
+its two passes over S's row, the second from HBM unless the resident rows fit L2, writes P; loops
+inside an outer loop run once per probe) and weighted sum (P and Y' per split, each split's
+accumulator tile written once), each times the call's chunks (cdiv(N, chunk): the last chunk, a few
+rows short, costed as full). ``former_plans`` adds the launch plans before issue 14 that run the
+same builds (neighbours' cdiv(2 SMs, query blocks) splits; moments' 13 launches of one split), and
+``torch_passes`` the launchers' HBM-bound torch passes (bytes / 4.3 TB/s): the Gaussian's x - mu,
+the empirical chunks' centred copies and the merge of their accumulators, the moments tf32
+pre-pass. A gpu_check timing row's prediction (``predicted_ms``, ``calls``) is the sum of its
+kernels and passes: the whole empirical denoiser call at B = 1024, N = 50 000, d = 3072 is the sum
+over its three kernels and its chunks, plus the copies and the merge. Not modelled: prologues and
+epilogues outside loops, latency (a wgmma waited on at once, wait depth 0, is costed as
+throughput only), launch overhead, L2 bandwidth, the moments' float64 merges.
 
 Outputs per kernel and shape: predicted time, the binding term, the fraction of peak
 (the time the useful flops would take at the ceilings / predicted time) and of the HBM floor
-(compulsory bytes / 4.3 TB/s / predicted time).
+(compulsory bytes / 4.3 TB/s / predicted time); per gpu_check timing row ("calls"): the summed time,
+fraction of peak and of the call's HBM floor (e.g. the Gaussian: read x and U, write D).
 
 Constants (``CEILINGS``): bf16 790, tf32 395, fp32 FMA 67 TFLOP/s and HBM 4.3 TB/s on an H200
 (the measured bf16 GEMM and copy rates of the project's device notes and the datasheet's FP32
@@ -44,8 +64,10 @@ the H200's die). L2 50 MB (same source).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -79,19 +101,29 @@ def iteration_seconds(loop: dict, num_warps: int) -> dict:
 
 
 def _labels(shape: str) -> dict:
-    return {k: int(v) for k, v in (kv.split("=") for kv in shape.split(","))}
+    """The int fields of a gate target's label ('B=1024,N=50000,d=3072,chunk=12544,splits=4';
+    'N=50000,d=3072 (2 launches)' gives launches=2); fields that are not ints are left out."""
+    out = {}
+    match = re.search(r"\((\d+) launch(?:es)?\b", shape)
+    if match:
+        out["launches"] = int(match.group(1))
+    for kv in re.sub(r"\s*\(.*\)", "", shape).split(","):
+        key, _, value = kv.partition("=")
+        if value.strip().isdigit():
+            out[key.strip()] = int(value)
+    return out
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def wave_reads(grid: tuple[int, int], slots: int, tile_0: float, tile_1: float, total_0: float,
+def wave_reads(grid: tuple, slots: int, tile_0: float, tile_1: float, total_0: float,
                total_1: float, coords=None) -> float:
-    """HBM bytes of two operands indexed by the grid's two coordinates (program_id(0) fastest):
+    """HBM bytes of two operands indexed by the grid's coordinates (program_id(0) fastest):
     per wave, each distinct tile once; an operand that fits in L2 is read once in all.
-    ``coords(linear id) -> (i, j)`` replaces the default (id % grid0, id // grid0)."""
-    ctas = grid[0] * grid[1]
+    ``coords(linear id) -> (i, j)`` (any hashable i, j) replaces the default (id % grid0, id // grid0)."""
+    ctas = math.prod(grid)
     coords = coords or (lambda p: (p % grid[0], p // grid[0]))
     total = 0.0
     for start in range(0, ctas, max(slots, 1)):
@@ -110,59 +142,109 @@ def _upper(p: int) -> tuple[int, int]:
     return p - tj * (tj + 1) // 2, tj
 
 
+def grouped(rows: int, cols: int, block_m: int, block_n: int, group_m: int):
+    """coords() of ``_common.grouped_tile``: group_m row blocks (fewer in the last group) take every
+    column block in turn, row block fastest within the group."""
+    blocks_m, blocks_n = _cdiv(rows, block_m), _cdiv(cols, block_n)
+    per_group = group_m * blocks_n
+
+    def coords(p: int) -> tuple[int, int]:
+        first = (p // per_group) * group_m
+        size = min(blocks_m - first, group_m)
+        return first + (p % per_group) % size, (p % per_group) // size
+
+    return coords
+
+
+def _eb(mode: str) -> int:
+    return 2 if mode == "bf16" else 4
+
+
 def workload(kernel: str, constexprs: dict, target: dict, slots: int) -> dict:
-    """Trip counts and bytes of one launch (the launchers' arithmetic): {'loops': 'main' | 'tiles',
-    'main_trips', 'tile_trips', 'inner_trips', 'flops': {precision: flops}, 'hbm', 'compulsory',
-    'launches'}."""
+    """Trip counts and bytes of one launch (the launchers' arithmetic): {'loops': 'main' | 'tiles' |
+    'passes', 'main_trips', 'tile_trips', 'inner_trips', 'pass_trips', 'probes', 'flops': {precision:
+    flops}, 'hbm', 'compulsory', 'launches'}; 'launches' counts the launches (moments) or chunks
+    (empirical) of one call, each costed as the gate's target (the first)."""
     a, g = target["int_args"], tuple(target["grid"])
     family, modes = kernel.split("[")[0], kernel.split("[")[1].rstrip("]").split(",")
-    c = constexprs
-    if family == "gaussian_project":
-        prec, eb = modes[1], 2 if modes[1] == "bf16" else 4
+    c, labels = constexprs, _labels(target["shape"])
+    if family in ("gaussian_project", "gaussian_reconstruct"):
+        prec = modes[1]
+        eb = _eb(prec)  # U, U^T and the shrunk coefficients C are bf16 in bf16 mode
         b, d, r, t = a["n_rows"], a["dim"], a["rank"], a["n_levels"]
-        hbm = wave_reads(g, slots, c["BLOCK_M"] * d * 4, d * c["BLOCK_N"] * eb, b * d * 4, d * r * eb) + t * b * r * 4
-        return {"loops": "main", "main_trips": _cdiv(d, c["BLOCK_K"]), "flops": {prec: 2 * b * d * r},
-                "hbm": hbm, "compulsory": b * d * 4 + d * r * eb + t * b * r * 4, "launches": 1}
-    if family == "gaussian_reconstruct":
-        prec, eb = modes[1], 2 if modes[1] == "bf16" else 4
-        b, d, r, t = a["n_rows"], a["dim"], a["rank"], a["n_levels"]
-        io = b * d * 4 + t * b * d * 4
-        hbm = wave_reads(g, slots, c["BLOCK_M"] * r * 4, c["BLOCK_N"] * r * eb, t * b * r * 4, d * r * eb) + io
+        bm, bn, gm = c["BLOCK_M"], c["BLOCK_N"], c["GROUP_M"]
+        if family == "gaussian_project":
+            ebx = eb if c.get("CENTRED") else 4  # the pre-centred x is in the operand dtype
+            coords = grouped(b, r, bm, bn, gm)
+            hbm = wave_reads(g, slots, bm * d * ebx, bn * d * eb, b * d * ebx, d * r * eb, coords) + t * b * r * eb
+            return {"loops": "main", "main_trips": _cdiv(d, c["BLOCK_K"]), "flops": {prec: 2 * b * d * r},
+                    "hbm": hbm, "compulsory": b * d * ebx + d * r * eb + t * b * r * eb, "launches": 1}
+        io = b * d * 4 + t * b * d * 4  # x read in the epilogue, out written
+        coords = grouped(t * b, d, bm, bn, gm)
+        hbm = wave_reads(g, slots, bm * r * eb, bn * r * eb, t * b * r * eb, d * r * eb, coords) + io
         return {"loops": "main", "main_trips": _cdiv(r, c["BLOCK_K"]), "flops": {prec: 2 * t * b * r * d},
-                "hbm": hbm, "compulsory": t * b * r * 4 + d * r * eb + io, "launches": 1}
+                "hbm": hbm, "compulsory": t * b * r * eb + d * r * eb + io, "launches": 1}
     if family == "centered_gram":
-        prec, launches = modes[1], _labels(target["shape"]).get("launches", 1)
-        rows, d, blk = a["n_rows"], a["dim_a"], c["BLOCK_I"]
-        per_cta = min(rows, a["rows_per_split"])
-        chunk = rows * d * 4
-        reads = wave_reads(g, slots, per_cta * blk * 4, per_cta * blk * 4, chunk, chunk, coords=_upper)
+        prec, launches = modes[1], labels.get("launches", 1)
+        rows, d, blk, rps = a["n_rows"], a["dim_a"], c["BLOCK_I"], a["rows_per_split"]
+        tiles, splits = g[0], g[1]
+        per_cta = min(rows, rps)
+        chunk = rows * d * 4  # a launch's rows (fp32; the tf32 path's centred transposed copy)
         if chunk <= L2_BYTES:
-            reads = chunk  # the chunk stays in L2: read once
-        out = g[0] * g[1] * blk * blk * 4
+            reads = chunk  # the launch's rows stay in L2: read once
+        else:  # per wave, each distinct (column block, split) once: A and B are the same rows
+            reads = 0.0
+            for start in range(0, tiles * splits, max(slots, 1)):
+                seen = set()
+                for p in range(start, min(tiles * splits, start + slots)):
+                    ti, tj = _upper(p % tiles)
+                    seen |= {(ti, p // tiles), (tj, p // tiles)}
+                reads += len(seen) * per_cta * blk * 4
+        out = tiles * splits * blk * blk * 4
         return {"loops": "main", "main_trips": _cdiv(per_cta, c["BLOCK_K"]),
-                "flops": {prec: g[0] * blk * blk * 2 * rows}, "hbm": reads + out, "compulsory": chunk + out,
+                "flops": {prec: tiles * blk * blk * 2 * rows}, "hbm": reads + out, "compulsory": chunk + out,
                 "launches": launches}
-    if family in ("empirical_partial", "nn_candidates"):
+    if family == "nn_candidates":
         bq, n, d, rps = a["n_queries"], a["n_data"], a["dim"], a["rows_per_split"]
         bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
-        tiles = _cdiv(rps, bn)
         reads = wave_reads(g, slots, bm * d * 4, rps * d * 4, bq * d * 4, n * d * 4)
-        ctas = g[0] * g[1]
-        if family == "nn_candidates":
-            out = g[1] * bq * bn * 8
-            return {"loops": "tiles", "tile_trips": tiles, "inner_trips": _cdiv(d, bk),
-                    "flops": {"ieee": 2 * bq * n * d}, "hbm": reads + out,
-                    "compulsory": bq * d * 4 + n * d * 4 + out, "launches": 1}
-        out = g[1] * bq * d * 4
-        round_trips = ctas * tiles * bm * d * 4 * 2 + ctas * bm * d * 4  # per tile load + store, the zeroing
-        in_l2 = min(ctas, slots) * bm * d * 4 <= L2_BYTES
-        qk, pv = c["QK_PRECISION"], c["PV_PRECISION"]
-        flops = {qk: 2 * bq * n * d}
-        flops[pv] = flops.get(pv, 0) + 2 * bq * n * d
-        return {"loops": "tiles", "tile_trips": tiles, "inner_trips": _cdiv(d, bk), "flops": flops,
-                "hbm": reads + out + (0 if in_l2 else round_trips), "compulsory": bq * d * 4 + n * d * 4 + out,
-                "launches": 1}
+        out = g[1] * bq * bn * 8
+        return {"loops": "tiles", "tile_trips": _cdiv(rps, bn), "inner_trips": _cdiv(d, bk),
+                "flops": {modes[0]: 2 * bq * n * d}, "hbm": reads + out,
+                "compulsory": bq * d * 4 + n * d * 4 + out, "launches": 1}
+    chunks = _cdiv(labels["N"], labels["chunk"]) if "N" in labels and "chunk" in labels else 1
+    if family == "empirical_dots":  # S = A Y'^T per chunk: A [M, d], Y' [C, d], S [M, C] fp32
+        m, cols, d = a["n_rows_a"], a["n_rows_y"], a["dim"]
+        prec, eb = modes[0], _eb(modes[0])
+        bm, bn = c["BLOCK_M"], c["BLOCK_N"]
+        reads = wave_reads(g, slots, bm * d * eb, bn * d * eb, m * d * eb, cols * d * eb)
+        out = m * cols * 4
+        return {"loops": "main", "main_trips": _cdiv(d, c["BLOCK_K"]), "flops": {prec: 2 * m * cols * d},
+                "hbm": reads + out, "compulsory": m * d * eb + cols * d * eb + out, "launches": chunks}
+    if family == "empirical_softmax":  # a program per query: two passes over S's row, then the probes'
+        b, cols, k = a["n_queries"], a["n_cols"], a["n_probes"]
+        ebp = 2 if "p=bf16" in modes else 4
+        row = cols * 4
+        s_reads = 1 if min(b, slots) * row <= L2_BYTES else 2  # the second pass finds the rows in L2?
+        hbm = b * row * s_reads + b * cols * ebp + k * b * (2 * row + cols * ebp)
+        return {"loops": "passes", "pass_trips": _cdiv(cols, c["BLOCK_C"]), "probes": k, "flops": {},
+                "hbm": hbm, "compulsory": b * row + b * cols * ebp + k * b * (row + cols * ebp),
+                "launches": chunks}
+    if family == "empirical_sums":  # acc = P Y' per chunk and row split: P [M, C], Y' [C, d] (or [d, C])
+        m, cols, d, rps = a["n_rows_p"], a["n_cols"], a["dim"], a["rows_per_split"]
+        prec, eb = modes[0], _eb(modes[0])
+        bm, bd = c["BLOCK_M"], c["BLOCK_D"]
+        gm, gd = g[0], g[1]
+        coords = lambda p: ((p % gm, p // (gm * gd)), ((p // gm) % gd, p // (gm * gd)))  # noqa: E731
+        reads = wave_reads(g, slots, bm * rps * eb, bd * rps * eb, m * cols * eb, cols * d * eb, coords)
+        out = math.prod(g) * bm * bd * 4  # each split's accumulator tile, written once
+        return {"loops": "main", "main_trips": _cdiv(min(rps, cols), c["BLOCK_K"]), "flops": {prec: 2 * m * cols * d},
+                "hbm": reads + out, "compulsory": m * cols * eb + cols * d * eb + out, "launches": chunks}
     raise KeyError(f"no workload model for {kernel}")
+
+
+def _inside(loop: dict, outer: dict) -> bool:
+    return outer["start"] <= loop["start"] and loop["end"] <= outer["end"]
 
 
 def predict(result: dict, target: dict) -> dict:
@@ -171,11 +253,16 @@ def predict(result: dict, target: dict) -> dict:
     slots = SMS * per_sm
     work = workload(result["kernel"], result["constexprs"], target, slots)
     terms = {"math": 0.0, "smem": 0.0, "issue": 0.0}
+    outer = result.get("outer_loops", [])
     if work["loops"] == "main":
         pieces = [(result["main_loop"], work["main_trips"])] if result["main_loop"] else []
+    elif work["loops"] == "passes":  # loops inside an outer loop run once per probe, the others once
+        pieces = [(loop, work["pass_trips"] * (work["probes"] if any(_inside(loop, o) for o in outer) else 1))
+                  for loop in result["inner_loops"]]
+        pieces += [(loop, work["probes"]) for loop in outer]
     else:
         pieces = [(loop, work["tile_trips"] * work["inner_trips"]) for loop in result["inner_loops"] if loop["math"]]
-        pieces += [(loop, work["tile_trips"]) for loop in result.get("outer_loops", [])]
+        pieces += [(loop, work["tile_trips"]) for loop in outer]
     cta_s = 0.0
     for loop, trips in pieces:
         each = iteration_seconds(loop, warps)
@@ -193,18 +280,89 @@ def predict(result: dict, target: dict) -> dict:
             "compute_ms": compute_s * 1e3, "hbm_ms": hbm_s * 1e3, "bound": bound,
             "loop_terms_ms": {k: v * waves * per_sm * work["launches"] * 1e3 for k, v in terms.items()},
             "fraction_of_peak": ideal / predicted, "fraction_of_hbm_floor": floor / predicted,
+            "ideal_ms": ideal * 1e3, "floor_ms": floor * 1e3, "launches": work["launches"],
             "wave_efficiency": target["wave_efficiency"], "ctas_per_sm": per_sm,
             "hbm_gb": work["hbm"] * work["launches"] / 1e9}
 
 
-def model(results: list[dict]) -> list[dict]:
-    """Predictions for every target of every sm_90 'jit' build in a gate result list."""
+def _target(shape: str, grid: tuple, int_args: dict, per_sm: int) -> dict:
+    ctas, slots = math.prod(grid), SMS * per_sm
+    return {"shape": shape, "grid": list(grid), "ctas": ctas, "int_args": int_args,
+            "wave_efficiency": round((ctas / slots) / math.ceil(ctas / slots), 4)}
+
+
+def former_plans(result: dict) -> list[dict]:
+    """Targets of the launch plans before issue 14 that run the same build (gpu_check's A/B rows):
+    neighbours with cdiv(2 SMs, query blocks) splits; moments with one split per launch under the
+    row cap (ieee 4096, tf32x3 4096 rows: 13 launches of the upper tiles)."""
+    kernel, per_sm = result["kernel"], max(result["ctas_per_sm"], 1)
+    if kernel.startswith("nn_candidates") and result["targets"]:
+        t = result["targets"][0]
+        a = dict(t["int_args"])
+        blocks = t["grid"][0]
+        splits = max(1, min(_cdiv(2 * SMS, blocks), _cdiv(a["n_data"], result["constexprs"]["BLOCK_N"])))
+        a["rows_per_split"] = _cdiv(a["n_data"], splits)
+        grid = (blocks, _cdiv(a["n_data"], a["rows_per_split"]))
+        return [_target(t["shape"] + ",cdiv splits", grid, a, per_sm)]
+    cap = {"ieee": 4096, "tf32x3": 4096}
+    if kernel.startswith("centered_gram") and result["targets"] and kernel.split(",")[1] in cap:
+        t = result["targets"][0]
+        labels = _labels(t["shape"])
+        rows = cap[kernel.split(",")[1]]
+        a = dict(t["int_args"], n_rows=rows, rows_per_split=rows)
+        full, last = divmod(labels["N"], rows)
+        shape = f"N={labels['N']},d={labels['d']}"
+        out = [_target(f"{shape} ({full} launches, 1 split, before)", (t["grid"][0], 1), a, per_sm)]
+        if last:
+            a_last = dict(a, n_rows=last, rows_per_split=last)
+            out.append(_target(f"{shape} (1 launch, 1 split, before, {last} rows)", (t["grid"][0], 1), a_last, per_sm))
+        return out
+    return []
+
+
+def torch_passes(results: list[dict]) -> list[dict]:
+    """HBM-bound torch passes of the launchers (bytes / 4.3 TB/s), rows like the kernels' so the
+    calls can sum them: the Gaussian's pre-centred x (read fp32 x, write x - mu in the operand
+    dtype), the empirical chunks' centred copies (12 bytes a data element in fp32 modes, 6 in bf16)
+    and the merge of the chunks' accumulators (each split's [B, d] fp32 read once), the moments tf32
+    pre-pass (read the rows, write the centred transpose: 8 bytes an element)."""
     rows = []
-    for r in results:
-        if r.get("arch") == 90 and r.get("build") == "jit" and r.get("targets") and r.get("registers", -1) > 0:
-            note = {"note": "gate: " + "; ".join(r["failures"])} if r.get("failures") else {}
-            rows += [dict(predict(r, t), **note) for t in r["targets"]]
+
+    def row(kernel, shape, nbytes):
+        ms = nbytes / CEILINGS["hbm"] * 1e3
+        rows.append({"kernel": kernel, "shape": shape, "predicted_ms": ms, "compute_ms": 0.0, "hbm_ms": ms,
+                     "bound": "hbm", "loop_terms_ms": {"math": 0.0, "smem": 0.0, "issue": 0.0},
+                     "fraction_of_peak": 0.0, "fraction_of_hbm_floor": 1.0, "ideal_ms": 0.0, "floor_ms": ms,
+                     "launches": 1, "wave_efficiency": 1.0, "ctas_per_sm": 0, "hbm_gb": nbytes / 1e9})
+
+    for r in _builds(results):
+        kernel, modes = r["kernel"], r["kernel"].split("[")[1].rstrip("]").split(",")
+        for t in r["targets"]:
+            a, labels = t["int_args"], _labels(t["shape"])
+            if kernel.startswith("gaussian_project") and r["constexprs"].get("CENTRED"):
+                row(f"torch:centre x[{modes[1]}]", t["shape"], a["n_rows"] * a["dim"] * (4 + _eb(modes[1])))
+            if kernel.startswith("empirical_sums"):
+                n, d, b, chunk = labels["N"], labels["d"], labels["B"], labels["chunk"]
+                row(f"torch:centre chunks[{modes[0]}]", t["shape"], n * d * (6 if modes[0] == "bf16" else 12))
+                row(f"torch:merge chunks[{modes[0]}]", t["shape"], _cdiv(n, chunk) * t["grid"][2] * b * d * 4)
+            if kernel.startswith("centered_gram") and modes[1] == "tf32":
+                row("torch:centre and transpose[tf32]", t["shape"], labels["N"] * labels["d"] * 8)
     return rows
+
+
+def _builds(results: list[dict]):
+    return [r for r in results
+            if r.get("arch") == 90 and r.get("build") == "jit" and r.get("targets") and r.get("registers", -1) > 0]
+
+
+def model(results: list[dict]) -> list[dict]:
+    """Predictions for every target of every sm_90 'jit' build in a gate result list, the former
+    launch plans of the same builds (``former_plans``) and the launchers' torch passes."""
+    rows = []
+    for r in _builds(results):
+        note = {"note": "gate: " + "; ".join(r["failures"])} if r.get("failures") else {}
+        rows += [dict(predict(r, t), **note) for t in r["targets"] + former_plans(r)]
+    return rows + torch_passes(results)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -220,38 +378,118 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-#: gpu_check timing rows the model predicts: (timing name, case) -> [(kernel, shape label)].
+def format_calls(summary: list[dict]) -> str:
+    header = f"{'gpu_check timing':<58} {'case':<34} {'pred ms':>8} {'of peak':>7} {'of HBM':>6}"
+    lines = [header, "-" * len(header)]
+    for c in summary:
+        lines.append(f"{c['name']:<58} {c['case']:<34} {c['predicted_ms']:>8.3f} {c['fraction_of_peak']:>7.2f} "
+                     f"{c['fraction_of_hbm_floor']:>6.2f}")
+    return "\n".join(lines)
+
+
+def _case(kernels, floor_bytes=0.0):
+    return {"kernels": kernels, "floor_bytes": floor_bytes}
+
+
+#: gpu_check timing rows the model predicts: (timing name, case) -> {'kernels': [(kernel, shape)],
+#: 'floor_bytes': the call's compulsory HBM bytes}; a shape ending in '*' matches every row of
+#: the kernel whose label starts so (e.g. each chunk geometry), '*' alone any label.
 def gpu_check_cases() -> dict:
     cases = {}
+    b = 8192
     for d in (3072, 12288):
         for r in (d, d // 8, 256):
+            label = f"B={b},d={d},r={r}"
             for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024
-                label = f"B=8192,d={d},r={r}"
-                cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B=8192 T=1")] = [
-                    (f"gaussian_project[{'large' if r >= 1024 else 'small'},{p}]", label),
-                    (f"gaussian_reconstruct[large,{p}]", label)]
+                size = "large" if r >= 1024 else "small"
+                kernels = [(f"gaussian_project[{size},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
+                if p != "ieee" and size == "large":  # x - mu formed once per call
+                    kernels.append((f"torch:centre x[{p}]", label))
+                floor = 2 * b * d * 4 + d * r * _eb(p)  # read x, write D, read U once
+                cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B={b} T=1")] = _case(kernels, floor)
+                if d == 3072 and r in (3072, 256) and p != "ieee":  # the launcher's A/B (_time_ab)
+                    case = f"d={d} r={r} B={b} T=1"
+                    cases[(f"gaussian kernels {p} tuned (128x128x32, GROUP_M=8)", case)] = _case(kernels, floor)
+                    before = f"{label},before"
+                    old = [(f"gaussian_project[{'before-large' if size == 'large' else size},{p}]", before),
+                           (f"gaussian_reconstruct[before-large,{p}]", before)]
+                    if size == "large":
+                        old.append((f"torch:centre x[{p}]", before))
+                    cases[(f"gaussian kernels {p} before (128x64, rows fastest)", case)] = _case(old, floor)
+    n, d, q = 50_000, 3072, 1024
+    data = n * d * 4
     for p in ("ieee", "tf32x3", "tf32"):
-        cases[(f"fastgauss centred gram {p}", "N=50000 d=3072")] = [(f"centered_gram[large,{p},sym]", "*")]
+        kernels = [(f"centered_gram[large,{p},sym]", "N=50000,d=3072 (*launches)")]
+        if p == "tf32":
+            kernels.append(("torch:centre and transpose[tf32]", "N=50000,d=3072 (*launches)"))
+        cases[(f"fastgauss centred gram {p}", f"N={n} d={d}")] = _case(kernels, data)
+        if p != "tf32":
+            after = [(f"centered_gram[large,{p},sym]", f"N={n},d={d} (2 launches)")]
+            cases[(f"centred gram {p}: 2 launches x 2100 programs", f"N={n} d={d}")] = _case(after, data)
+            old = [(f"centered_gram[large,{p},sym]", f"N={n},d={d} (*, 1 split, before*")]
+            cases[(f"centred gram {p}: 13 launches x 300 programs (before)", f"N={n} d={d}")] = _case(old, data)
+        else:
+            cases[("centred gram tf32: 1 launches, centre-and-transpose pre-pass (after)", f"N={n} d={d}")] = \
+                _case(kernels, data)
+    target = f"B={q},N={n},d={d},chunk=*"
+    for mode in ("tf32", "bf16"):  # the whole denoiser call: three kernels a chunk, the chunks, the copies
+        kernels = [(f"empirical_dots[{mode}]", target),
+                   (f"empirical_softmax[p={'bf16' if mode == 'bf16' else 'fp32'}]", target),
+                   (f"empirical_sums[{mode}]", target), (f"torch:centre chunks[{mode}]", target),
+                   (f"torch:merge chunks[{mode}]", target)]
+        cases[("empirical kernel after (chunks, acc in registers)", f"N={n} d={d} B={q} sigma=1 {mode}")] = \
+            _case(kernels, data)
+    ieee = [("empirical_dots[ieee]", target), ("empirical_softmax[p=fp32]", target), ("empirical_sums[ieee]", target),
+            ("torch:centre chunks[ieee]", target), ("torch:merge chunks[ieee]", target)]
     for sigma in (0.002, 1.0):
-        cases[("kernel fp32 pass (before)", f"N=50000 d=3072 B=1024 sigma={sigma}")] = [
-            ("empirical_partial[ieee,ieee]", "B=1024,N=50000,d=3072")]
-    cases[("fastgauss nearest_neighbors", "N=50000 d=3072 B=1024 k=2")] = [
-        ("nn_candidates[ieee]", "B=1024,N=50000,d=3072")]
+        cases[("kernel fp32 pass (before)", f"N={n} d={d} B={q} sigma={sigma}")] = _case(ieee, data)
+    nn = f"B={q},N={n},d={d}"
+    cases[("fastgauss nearest_neighbors", f"N={n} d={d} B={q} k=2")] = _case([("nn_candidates[tf32x3]", nn)], data)
+    for label, p, grid, shape in (("64x64 ieee, cdiv splits", "ieee", "16x17", nn + ",cdiv splits"),
+                                  ("64x64 ieee, wave-rounded splits", "ieee", "16x16", nn),
+                                  ("64x64 tf32x3, wave-rounded splits (after)", "tf32x3", "16x16", nn)):
+        cases[(f"nn kernel {label}", f"N={n} d={d} B={q} grid={grid}")] = _case([(f"nn_candidates[{p}]", shape)], data)
     return cases
 
 
-def predicted_ms(rows: list[dict], name: str, case: str) -> float | None:
-    """The model's time for a gpu_check timing row (sum of its kernels' launches), or None."""
+def _matches(pattern: str, shape: str) -> bool:
+    if "*" not in pattern:
+        return pattern == shape
+    return fnmatch.fnmatchcase(shape, pattern)
+
+
+def _hits(rows: list[dict], name: str, case: str):
     wanted = gpu_check_cases().get((name, case))
     if not wanted:
         return None
-    total = 0.0
-    for kernel, shape in wanted:
-        hits = [p for p in rows if p["kernel"] == kernel and (shape == "*" or p["shape"] == shape)]
-        if not hits:
+    hits = []
+    for kernel, shape in wanted["kernels"]:
+        found = [p for p in rows if p["kernel"] == kernel and _matches(shape, p["shape"])]
+        if not found:
             return None
-        total += sum(p["predicted_ms"] for p in hits)
-    return total
+        hits += found
+    return hits
+
+
+def predicted_ms(rows: list[dict], name: str, case: str) -> float | None:
+    """The model's time for a gpu_check timing row (sum of its kernels' launches and passes), or None."""
+    hits = _hits(rows, name, case)
+    return None if hits is None else sum(p["predicted_ms"] for p in hits)
+
+
+def calls(rows: list[dict]) -> list[dict]:
+    """Per gpu_check timing row the model covers: predicted time, fraction of peak (the ideal time
+    of the useful flops / predicted) and of the call's HBM floor (its compulsory bytes)."""
+    out = []
+    for (name, case), spec in gpu_check_cases().items():
+        hits = _hits(rows, name, case)
+        if hits:
+            ms = sum(p["predicted_ms"] for p in hits)
+            out.append({"name": name, "case": case, "predicted_ms": ms,
+                        "fraction_of_peak": sum(p.get("ideal_ms", 0.0) for p in hits) / ms,
+                        "fraction_of_hbm_floor": spec["floor_bytes"] / CEILINGS["hbm"] * 1e3 / ms,
+                        "parts": [f"{p['kernel']} {p['shape']}" for p in hits]})
+    return out
 
 
 def main(argv=None) -> int:
@@ -273,8 +511,11 @@ def main(argv=None) -> int:
     rows = model(results)
     print(f"roofline model (gate facts: triton {triton_version})")
     print(format_table(rows))
+    summary = calls(rows)
+    print()
+    print(format_calls(summary))
     if args.json:
-        args.json.write_text(json.dumps({"triton": triton_version, "predictions": rows}, indent=1))
+        args.json.write_text(json.dumps({"triton": triton_version, "predictions": rows, "calls": summary}, indent=1))
     return 0
 
 

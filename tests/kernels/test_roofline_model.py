@@ -39,12 +39,12 @@ def test_wave_reads():
 
 def _result(per_sm=2):
     loop = _loop(instructions=100, hgmma={"HGMMA.64x64x16.F32.BF16": 2}, hgmma_smem_bytes=4096, shared_bytes=2048)
-    target = {"shape": "B=8192,d=3072,r=3072", "grid": [64, 48], "ctas": 3072, "wave_efficiency": 0.97,
+    target = {"shape": "B=8192,d=3072,r=3072", "grid": [3072], "ctas": 3072, "wave_efficiency": 0.97,
               "int_args": {"n_rows": 8192, "n_levels": 1, "dim": 3072, "rank": 3072, "stride_x": 3072,
                            "stride_u": 3072}}
     return {"kernel": "gaussian_project[large,bf16]", "arch": 90, "build": "jit", "num_warps": 8,
             "ctas_per_sm": per_sm, "registers": 100, "failures": [], "main_loop": loop, "inner_loops": [loop],
-            "outer_loops": [], "constexprs": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, "targets": [target]}
+            "outer_loops": [], "constexprs": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 1 << 16}, "targets": [target]}
 
 
 def test_prediction_from_synthetic_facts():
@@ -54,9 +54,10 @@ def test_prediction_from_synthetic_facts():
     cta = 3072 // 32 * max(each.values())
     waves = -(-3072 // (SMS * 2))
     assert p["compute_ms"] == pytest.approx(waves * 2 * cta * 1e3)
-    # x [8192, 3072] fp32 > L2: a 128 x 3072 tile per pid_m per wave; U [3072, 3072] bf16 is 18.9 MB
+    # rows fastest (GROUP_M 2^16): x [8192, 3072] fp32 > L2: a 128 x 3072 tile per pid_m per wave;
+    # U [3072, 3072] bf16 is 18.9 MB; C written in bf16
     x_reads = sum(len({q % 64 for q in range(s, min(3072, s + 264))}) for s in range(0, 3072, 264))
-    hbm = x_reads * 128 * 3072 * 4 + 3072 * 3072 * 2 + 8192 * 3072 * 4
+    hbm = x_reads * 128 * 3072 * 4 + 3072 * 3072 * 2 + 8192 * 3072 * 2
     assert p["hbm_ms"] == pytest.approx(hbm / 4.3e12 * 1e3)
     assert p["predicted_ms"] == pytest.approx(max(p["compute_ms"], p["hbm_ms"]))
     assert p["fraction_of_peak"] == pytest.approx(2 * 8192 * 3072 * 3072 / 790e12 * 1e3 / p["predicted_ms"])
@@ -76,21 +77,90 @@ def test_model_keeps_failing_builds_with_a_note_and_skips_others():
 def test_gpu_check_lookup_sums_the_kernels_of_a_row():
     rows = [{"kernel": "gaussian_project[large,tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 1.0},
             {"kernel": "gaussian_reconstruct[large,tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 0.5},
-            {"kernel": "centered_gram[large,tf32,sym]", "shape": "N=50000,d=3072,rows=16384,launches=3",
-             "predicted_ms": 3.0},
-            {"kernel": "centered_gram[large,tf32,sym]", "shape": "N=50000,d=3072,rows=848,launches=1",
-             "predicted_ms": 0.1}]
-    assert rm.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.5)
+            {"kernel": "torch:centre x[tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 0.25},
+            {"kernel": "centered_gram[large,tf32,sym]", "shape": "N=50000,d=3072 (1 launches)", "predicted_ms": 3.0},
+            {"kernel": "torch:centre and transpose[tf32]", "shape": "N=50000,d=3072 (1 launches)",
+             "predicted_ms": 0.1},
+            {"kernel": "centered_gram[large,ieee,sym]", "shape": "N=50000,d=3072 (2 launches)", "predicted_ms": 4.0},
+            {"kernel": "centered_gram[large,ieee,sym]", "shape": "N=50000,d=3072 (12 launches, 1 split, before)",
+             "predicted_ms": 6.0},
+            {"kernel": "centered_gram[large,ieee,sym]",
+             "shape": "N=50000,d=3072 (1 launch, 1 split, before, 848 rows)", "predicted_ms": 0.5}]
+    assert rm.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
+    assert rm.predicted_ms(rows, "gaussian kernels tf32 tuned (128x128x32, GROUP_M=8)",
+                           "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
     assert rm.predicted_ms(rows, "fastgauss centred gram tf32", "N=50000 d=3072") == pytest.approx(3.1)
+    assert rm.predicted_ms(rows, "fastgauss centred gram ieee", "N=50000 d=3072") == pytest.approx(4.0)
+    assert rm.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)",
+                           "N=50000 d=3072") == pytest.approx(6.5)
     assert rm.predicted_ms(rows, "fastgauss per-sample bf16", "d=3072 r=3072 B=8192 T=1") is None
     assert rm.predicted_ms(rows, "torch eager fp32", "d=3072 r=3072 B=8192 T=1") is None
+    calls = {(c["name"], c["case"]): c for c in rm.calls(rows)}
+    c = calls[("fastgauss centred gram ieee", "N=50000 d=3072")]
+    assert c["predicted_ms"] == pytest.approx(4.0)
+    assert c["fraction_of_hbm_floor"] == pytest.approx(50_000 * 3072 * 4 / 4.3e12 * 1e3 / 4.0)
+
+
+def test_labels_and_grouped_order():
+    assert rm._labels("N=50000,d=3072 (2 launches)") == {"N": 50000, "d": 3072, "launches": 2}
+    assert rm._labels("N=50000,d=3072 (1 launch, 1 split, before, 848 rows)")["launches"] == 1
+    assert rm._labels("B=1024,N=50000,d=3072,K=1,chunk=7168,splits=1") == {
+        "B": 1024, "N": 50000, "d": 3072, "K": 1, "chunk": 7168, "splits": 1}
+    assert rm._labels("B=8192,d=3072,r=3072,before") == {"B": 8192, "d": 3072, "r": 3072}
+    # 3 row blocks x 2 column blocks, groups of 2 row blocks: (0,0) (1,0) (0,1) (1,1), then row 2
+    coords = rm.grouped(3, 2, 1, 1, 2)
+    assert [coords(p) for p in range(6)] == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+    rows_fastest = rm.grouped(3, 2, 1, 1, 1 << 16)
+    assert [rows_fastest(p) for p in range(6)] == [(p % 3, p // 3) for p in range(6)]
+
+
+def _softmax_result():
+    loop = lambda start, end: _loop(instructions=80, start=start, end=end, math=0)  # noqa: E731
+    target = {"shape": "B=1024,N=50000,d=3072,K=1,chunk=7168,splits=1", "grid": [1024], "ctas": 1024,
+              "wave_efficiency": 0.97, "int_args": {"n_queries": 1024, "n_cols": 7168, "stride_s": 7168,
+                                                    "stride_p": 7168, "n_probes": 1, "first_row": 0, "store_p": 1}}
+    return {"kernel": "empirical_softmax[p=fp32,window]", "arch": 90, "build": "jit", "num_warps": 4,
+            "ctas_per_sm": 4, "registers": 100, "failures": [], "main_loop": loop(300, 400),
+            "inner_loops": [loop(0, 100), loop(100, 200), loop(300, 400)],
+            "outer_loops": [dict(loop(250, 450), instructions=20)], "constexprs": {"BLOCK_C": 1024, "WINDOW": True},
+            "targets": [target]}
+
+
+def test_softmax_passes_and_chunks():
+    r = _softmax_result()
+    p = rm.predict(r, r["targets"][0])
+    trips = 7  # cdiv(7168, 1024) a pass; the probe's pass once per probe, its outer loop once
+    per_iteration = 80 * 4 / (4 * CLOCK)
+    chunks = -(-50_000 // 7168)
+    assert p["launches"] == chunks
+    assert p["loop_terms_ms"]["issue"] == pytest.approx(
+        (3 * trips * per_iteration + 20 * 4 / (4 * CLOCK)) * 2 * 4 * chunks * 1e3)  # 1024 CTAs: 2 waves of 528
+    row = 7168 * 4  # the resident rows (528 x 28 KB) fit L2: S read once; the probe reads s and t
+    assert p["hbm_gb"] == pytest.approx(chunks * (1024 * row + 1024 * 7168 * 4 + 1024 * (2 * row + 7168 * 4)) / 1e9)
+    assert p["fraction_of_peak"] == 0
+
+
+def test_former_plans_reuse_the_build():
+    loop = _loop(instructions=100, ffma=256)
+    target = {"shape": "N=50000,d=3072 (2 launches)", "grid": [300, 7], "ctas": 2100, "wave_efficiency": 0.99,
+              "int_args": {"n_rows": 25088, "rows_per_split": 3584, "dim_a": 3072, "dim_b": 3072}}
+    r = {"kernel": "centered_gram[large,ieee,sym]", "arch": 90, "build": "jit", "num_warps": 8, "ctas_per_sm": 1,
+         "registers": 144, "failures": [], "main_loop": loop, "inner_loops": [loop], "outer_loops": [],
+         "constexprs": {"BLOCK_I": 128, "BLOCK_K": 16}, "targets": [target]}
+    full, last = rm.former_plans(r)
+    assert full["shape"] == "N=50000,d=3072 (12 launches, 1 split, before)" and full["grid"] == [300, 1]
+    assert last["int_args"]["n_rows"] == 50_000 - 12 * 4096
+    rows = rm.model([r])
+    assert [p["launches"] for p in rows] == [2, 12, 1]
+    assert rm.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)", "N=50000 d=3072") == \
+        pytest.approx(rows[1]["predicted_ms"] + rows[2]["predicted_ms"])
 
 
 def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
     import gpu_check_lib
 
     version = gpu_check_lib._module_version("triton")
-    rows = [{"kernel": "nn_candidates[ieee]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
+    rows = [{"kernel": "nn_candidates[tf32x3]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
     (tmp_path / f"roofline-triton{version}.json").write_text(json.dumps({"predictions": rows}))
     monkeypatch.setattr(gpu_check_lib, "PREDICTIONS", tmp_path)
     gpu_check_lib._predictions.cache_clear()
