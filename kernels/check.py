@@ -65,6 +65,7 @@ class GateResult:
     num_warps: int
     num_stages: int
     build: str = "odd"  # "odd", "aligned" or "jit"
+    expect_mma: bool = False  # meant for tensor cores (the gate_entries flag)
     specialisation: str = ""  # per argument: D (16-divisible), 1 (constant), - (none), c (constexpr)
     constexprs: dict = field(default_factory=dict)
     registers: int = -1
@@ -173,6 +174,7 @@ def compile_entry(name, fn, signature, constexprs, num_warps, num_stages, expect
     result = GateResult(name, arch, num_warps, num_stages, build=build,
                         specialisation=key, constexprs={k: v for k, v in constexprs.items()
                                                         if isinstance(v, (int, float, str, bool))})
+    result.expect_mma = bool(expect_mma)
     try:
         source = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
