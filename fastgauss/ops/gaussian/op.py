@@ -138,7 +138,7 @@ def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[tor
         raise ValueError(f"sigma: expected a float, a 0-d tensor, {batch} values (one per sample) or a "
                          f"[{batch}, T] / [1, T] grid of levels, got shape {tuple(s.shape)}")
     if grid.numel() and inspectable(grid):
-        low, high = (float(v) for v in torch.aminmax(grid))  # one pass; NaN propagates into both
+        low, high = (float(v) for v in torch.aminmax(grid.detach()))  # one pass; NaN propagates into both
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("sigma: must be finite (got NaN or inf)")
         if low < 0:
