@@ -33,6 +33,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+# Each family's checks and timed parts live beside its CPU benchmark (benchmarks/<family>/gpu_check_<family>.py).
+for _folder in (BENCHMARKS, *(BENCHMARKS / f for f in ("moments", "gaussian", "empirical", "neighbors", "analysis"))):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 FAMILIES = ("moments", "gaussian", "empirical", "analyze")
 #: Estimated seconds of each family's correctness checks on an H200 (mostly Triton and
 #: torch.compile builds); the run records the real ones in meta.phases.
@@ -300,5 +305,4 @@ def _print_plan(chosen, args) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

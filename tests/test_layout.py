@@ -44,3 +44,17 @@ def test_no_module_imports_a_private_name_from_another_subpackage():
             if private:
                 found.append(f"{rel}:{node.lineno} imports {', '.join(private)} from {'.'.join(target)}")
     assert not found, "\n".join(found)
+
+
+def test_tests_and_benchmarks_mirror_each_op_family():
+    repo = PACKAGE.parent
+    missing = []
+    for family in sorted(p.name for p in (PACKAGE / "ops").iterdir() if (p / "__init__.py").exists()):
+        for path in (repo / "kernels" / f"{family}.py", repo / "tests" / "ops" / f"test_{family}.py",
+                     repo / "benchmarks" / family / f"bench_{family}.py",
+                     repo / "benchmarks" / family / f"gpu_check_{family}.py"):
+            if not path.exists():
+                missing.append(str(path.relative_to(repo)))
+    assert not missing, f"an op family without its mirror: {missing}"
+    loose = sorted(p.name for p in (repo / "benchmarks").glob("bench_*.py"))
+    assert not loose, f"move {loose} into benchmarks/<family>/"

@@ -20,7 +20,7 @@ from .._core.arrays import flatten_batch
 
 #: Default ``tol`` of ``switch_sigma="auto"``: how far the jump may move the final samples (RMSE
 #: per feature, in data units: pixels in [-1, 1]); it bounds the first-order end-point change E(s)
-#: and the error added on the probe latents. Chosen from benchmarks/bench_teleport.py (README,
+#: and the error added on the probe latents. Chosen from benchmarks/edm/bench_teleport.py (README,
 #: "Gaussian teleportation"): the largest of the sweep 0.004 / 0.007 / 0.01 / 0.015 at which the
 #: generalizing demo model's Heun-18 error does not grow (jump to sigma 12.9, 25 NFE instead of
 #: 35); its end points moved by about 0.8 times the bound.

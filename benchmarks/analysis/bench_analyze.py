@@ -1,6 +1,6 @@
 """``fastgauss analyze`` overhead on CPU: fastgauss's own measurements against the network's forward passes.
 
-    pytest benchmarks/bench_analyze.py -s
+    pytest benchmarks/analysis/bench_analyze.py -s
 
 The case of issue 11: a 3 x 32 x 32 diffusers ``UNet2DModel`` with the DDPM CIFAR-10 architecture
 (channels 128, 256, 256, 256, two layers a block, attention at 16 x 16: 35.7 M parameters; random
@@ -63,7 +63,7 @@ def test_analyze_overhead_is_at_most_a_quarter_of_the_forward_passes(tmp_path):
           f"measurements: {own:.1f} s = {100 * own / forward:.1f} % of them (statistics {stats:.1f} s of it; "
           f"{100 * (own - stats) / forward:.1f} % once they are cached)")
     if os.environ.get("FASTGAUSS_BENCH_SAVE") == "1":
-        folder = Path(__file__).resolve().parent / "results"
+        folder = Path(__file__).resolve().parents[1] / "results"
         (folder / "bench_analyze-cpu.json").write_text(json.dumps(
             {"case": f"UNet2DModel DDPM-CIFAR10 3x32x32, N={N}", "threads": torch.get_num_threads(),
              "timings": timing}, indent=2))

@@ -1,6 +1,6 @@
 """The empirical denoiser kernel as it was before the chunked restructure (issue 14, part 2).
 
-Kept only for benchmarks/gpu_check_empirical.py's A/B cases (before vs after, 17 vs 16 splits):
+Kept only for benchmarks/empirical/gpu_check_empirical.py's A/B cases (before vs after, 17 vs 16 splits):
 the product has one path, kernels/empirical.py. The accumulator acc[BLOCK_M, d] is loaded and
 stored in fp32 scratch for every tile of BLOCK_N data rows (about 19.7 GB of traffic at
 B = 1024, N = 50 000, d = 3072). ``splits`` overrides the launcher's split count.

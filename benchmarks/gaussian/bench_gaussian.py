@@ -1,6 +1,6 @@
 """Gaussian denoiser on CPU at d = 3072, side by side in one run.
 
-    pytest benchmarks/bench_gaussian.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benchmarks/gaussian/bench_gaussian.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
 
 Rows per group (d, B, rank r, T levels):
   paper     the paper's way: float64, one sigma per call, a dense diagonal multiplied in:

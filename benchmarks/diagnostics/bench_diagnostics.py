@@ -1,6 +1,6 @@
 """Diagnostics on CPU: batched JVP throughput, and closed-form linear distillation against Adam.
 
-    pytest benchmarks/bench_diagnostics.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds -s
+    pytest benchmarks/diagnostics/bench_diagnostics.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds -s
 
 - jvp: K = 16 probes through two networks, a small UNet-like one with attention at 3x16x16
   and fastgauss's SmallUNet (width 64) at 3x32x32: fastgauss.jvp (forward mode under vmap,

@@ -1,6 +1,6 @@
 """Training throughput on CPU, with and without the periodic measurements.
 
-    pytest benchmarks/bench_train.py -s
+    pytest benchmarks/edm/bench_train.py -s
 
 Trains the demo's generalizing configuration (digits, width 32, batch 128) for one default eval
 interval (1000 steps) twice: without measurements, and with the measurement at the end of the

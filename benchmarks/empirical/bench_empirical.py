@@ -1,6 +1,6 @@
 """Empirical denoiser and nearest neighbours on CPU, side by side in one run; peak memory.
 
-    pytest benchmarks/bench_empirical.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benchmarks/empirical/bench_empirical.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
 
 Rows per group (N = 50 000, d = 3072):
   paper     softmax(-cdist(x, Y)^2 / (2 sigma^2)) @ Y, materialized, fp32
@@ -9,7 +9,7 @@ Rows per group (N = 50 000, d = 3072):
   fp32 stream (before)  the streamed fp32 pass without the exact path (fastgauss before issue 10)
   fastgauss EmpiricalDenoiser (streamed in chunks; near ties re-scored in float64: exact)
 The quick comparison of the exact path with the stream before it:
-    pytest benchmarks/bench_empirical.py -k "sigma1.0 or sigma0.002" -k "before or fastgauss"
+    pytest benchmarks/empirical/bench_empirical.py -k "sigma1.0 or sigma0.002" -k "before or fastgauss"
 B = 8192 and the 1 000 000-row host-streamed set run in gpu_check.py. The peak-memory test
 asserts the bound the issue sets: under a quarter of the B x N fp32 matrix the paper builds.
 """

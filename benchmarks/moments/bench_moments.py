@@ -1,6 +1,6 @@
 """Streaming moments at d = 3072, N = 20 000 on CPU, side by side in one run.
 
-    pytest benchmarks/bench_moments.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benchmarks/moments/bench_moments.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
 
 fastgauss streams the data in chunks; numpy.cov and torch.cov get the whole array in memory;
 scikit-learn's IncrementalPCA.partial_fit is the streaming peer (it keeps a truncated SVD,

@@ -12,7 +12,7 @@ distance of its samples to the training set (a distribution-level measure, besid
 the 256-step reference), the memorization ratio and the GL score; then per model and sampler
 the NFE at which the auto curve reaches plain 18-step quality (error, SW2, both).
 
-    python benchmarks/bench_teleport.py [--samples 1000] [--checkpoint-dir DIR] [--diffusers DIR ...]
+    python benchmarks/edm/bench_teleport.py [--samples 1000] [--checkpoint-dir DIR] [--diffusers DIR ...]
                                         [--out fastgauss-out/bench-teleport]
 
 The demo's models are trained once (about 5 minutes each at one thread) and cached under

@@ -1,5 +1,5 @@
 """gpu_check entries for ``fastgauss.analyze``: the reference models come out right on the device,
-and the overhead case of benchmarks/bench_analyze.py (a 3 x 32 x 32 diffusers UNet2DModel, N = 10 000
+and the overhead case of benchmarks/analysis/bench_analyze.py (a 3 x 32 x 32 diffusers UNet2DModel, N = 10 000
 synthetic images) is timed: fastgauss's own measurements against the network's forward passes.
 
 The diffusers parts skip cleanly, with a line saying so, where diffusers is not importable (the

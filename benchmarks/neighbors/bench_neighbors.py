@@ -1,6 +1,6 @@
 """Nearest neighbours on CPU: fastgauss against torch.cdist + topk, side by side in one run.
 
-    pytest benchmarks/bench_neighbors.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benchmarks/neighbors/bench_neighbors.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
 
 Rows per group (B = 64 queries, N = 50 000 training rows, d = 3072, k = 2):
   cdist+topk       torch.cdist(x, data).topk(k, largest=False): fp32, not exact
