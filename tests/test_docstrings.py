@@ -9,7 +9,19 @@ MODULES = ["fastgauss.ops.moments.op", "fastgauss.ops.gaussian.op", "fastgauss.o
            "fastgauss.ops.neighbors.op", "fastgauss.diagnostics.jvp", "fastgauss.data", "fastgauss.data.load",
            "fastgauss.edm.teleport", "fastgauss.diagnostics.linearity", "fastgauss.diagnostics.distill",
            "fastgauss.diagnostics.jacobian", "fastgauss._core.seeds",
-           "fastgauss.edm.sampling"]
+           "fastgauss.edm.sampling", "fastgauss.edm.train", "fastgauss.diagnostics.verdict",
+           "fastgauss.analysis.run"]
+
+
+def test_every_public_name_has_an_example():
+    """DESIGN.md section 4: shapes and dtypes in every public docstring, with an example."""
+    import inspect
+
+    import fastgauss
+
+    missing = [name for name in fastgauss.__all__ if not inspect.ismodule(getattr(fastgauss, name))
+               and ">>>" not in (inspect.getdoc(getattr(fastgauss, name)) or "")]
+    assert not missing, f"public names without a runnable example: {missing}"
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -37,7 +37,17 @@ class Analysis:
     Verdict ``fastgauss.verdict`` returned: ``.label``, the evidence, ``to_dict()``),
     ``out`` (the report folder or None) and ``samples`` (end points [B, *feature_shape] from the
     same latents: "model", "gaussian" (exact flow), "memorizing", "gaussian_euler" (D_G through the
-    model's sampler) and "fresh_gaussian" (mu + U sqrt(lambda) U^T z))."""
+    model's sampler) and "fresh_gaussian" (mu + U sqrt(lambda) U^T z)).
+
+    >>> import torch, fastgauss
+    >>> data = torch.randn(200, 1, 4, 4) * 0.3
+    >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
+    >>> report = fastgauss.analyze(g, data, out=None, samples=16, progress=False)
+    >>> report.label, sorted(report.samples)
+    ('generalizes', ['fresh_gaussian', 'gaussian', 'gaussian_euler', 'memorizing', 'model'])
+    >>> str(report).splitlines()[0]
+    '# fastgauss analyze'
+    """
 
     summary: dict
     verdict: object

@@ -91,6 +91,13 @@ def subspace_alignment(a, b) -> torch.Tensor:
 
     a: [d, k1], b: [d, k2] (any bases, orthonormalized here). Returns [min(k1, k2)]; all 1
     when one subspace contains the other.
+
+    >>> import torch, fastgauss
+    >>> eye = torch.eye(4)
+    >>> fastgauss.subspace_alignment(eye[:, :2], eye[:, :3])     # span(e1, e2) inside span(e1, e2, e3)
+    tensor([1., 1.], dtype=torch.float64)
+    >>> fastgauss.subspace_alignment(eye[:, :1], eye[:, 1:2])    # orthogonal lines
+    tensor([0.], dtype=torch.float64)
     """
     a, b = (as_float(as_tensor(t, n)).double() for t, n in ((a, "a"), (b, "b")))
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:

@@ -64,6 +64,13 @@ class Verdict:
     rmse_ratio (mean RMSE to D_M / to D_G at sigma <= sigma_max), rmse_to_empirical_low and
     rmse_to_gaussian_low (those two means), sigmas_low (the levels they average), and the
     thresholds used (memorization_threshold, margin, sigma_max).
+
+    >>> import fastgauss
+    >>> v = fastgauss.verdict(memorization_ratio=0.28)
+    >>> v.label, v.memorization_ratio, v.gl_score
+    ('memorizes', 0.28, None)
+    >>> v.to_dict()["label"]
+    'memorizes'
     """
 
     label: str

@@ -35,7 +35,15 @@ _VERSION = 1
 
 @dataclass
 class TrainConfig:
-    """What defines a run. ``identity`` fields must match to resume from a checkpoint."""
+    """What defines a run. ``identity`` fields must match to resume from a checkpoint.
+
+    >>> import fastgauss
+    >>> fastgauss.TrainConfig(n=64, width=8, steps=2).identity
+    ('dataset', 'n', 'width', 'seed', 'batch_size')
+    >>> fastgauss.TrainConfig(steps=0)
+    Traceback (most recent call last):
+    ValueError: steps: expected an integer >= 1, got 0
+    """
 
     dataset: str = "digits"
     n: int | None = None  # training-set size: a deterministic subset; None keeps all
@@ -100,6 +108,14 @@ class Trainer:
     ``run()`` trains to ``config.steps`` with a progress bar, writes checkpoints atomically to
     ``config.out``/checkpoint.pt every eval interval and at the end, and appends measurements
     to ``config.out``/log.jsonl. ``Trainer.resume(path)`` continues a run.
+
+    >>> import tempfile, fastgauss
+    >>> config = fastgauss.TrainConfig(n=64, width=8, steps=2, batch_size=16, out=tempfile.mkdtemp())
+    >>> trainer = fastgauss.Trainer(config)
+    >>> trainer.run(progress=False, measure=False)
+    []
+    >>> trainer.step, (trainer.out / "checkpoint.pt").exists()
+    (2, True)
     """
 
     def __init__(self, config: TrainConfig, data: torch.Tensor | None = None, *, device="cpu"):

@@ -241,6 +241,13 @@ def gl_score(samples, data) -> float:
     """The paper's generalization score: mean over samples of |x - NN(x)| / |x|.
 
     samples: [B, *feature_shape]; data: [N, *feature_shape]. Above 0.6: the model generalizes.
+
+    >>> import torch, fastgauss
+    >>> data = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    >>> fastgauss.gl_score(data[:5], data)        # copies of training points: 0
+    0.0
+    >>> fastgauss.gl_score(2 * data[:5], data) > 0.3
+    True
     """
     samples = as_float(as_tensor(samples, "samples"))
     dist, _ = nearest_neighbors(samples, data, k=1)
@@ -252,7 +259,13 @@ def gl_score(samples, data) -> float:
 
 def memorization_ratio(samples, data, threshold: float = 1 / 3) -> float:
     """Fraction of samples whose nearest training point is much closer than the second:
-    |x - NN_1| / |x - NN_2| < threshold. samples: [B, ...]; data: [N, ...] with N >= 2."""
+    |x - NN_1| / |x - NN_2| < threshold. samples: [B, ...]; data: [N, ...] with N >= 2.
+
+    >>> import torch, fastgauss
+    >>> data = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    >>> fastgauss.memorization_ratio(data[:4] + 1e-3, data)   # near-copies: all memorized
+    1.0
+    """
     if not (0 < threshold <= 1):
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold!r}")
     n = as_tensor(data, "data").shape[0] if as_tensor(data, "data").dim() >= 2 else 0
