@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .._core.device import check_device
+from .._core.sigma import level_list
 from ..data import SCALES, load_dataset
 
 DEFAULT_OUT = Path("fastgauss-out")
@@ -95,6 +96,19 @@ def number_list(kind: type, low=None, example: str = ""):
         return values
     parse.__name__ = "list"
     return parse
+
+
+def noise_levels(text: str) -> list[float]:
+    """argparse type: a comma-separated list of noise levels, each finite and > 0 (the rule of
+    ``fastgauss._core.sigma.level_list``), e.g. 0.1,0.5,2."""
+    values = number_list(float, example="0.1,0.5,2")(text)
+    try:
+        return level_list(values, "levels").tolist()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("levels: ")) from None
+
+
+noise_levels.__name__ = "noise levels"
 
 
 def int_list(low: int):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from .._core.arrays import flatten_batch
-from .protocol import apply_batched, check_sigmas, data_rows
+from .._core.sigma import level_list
+from .protocol import apply_batched, data_rows
 
 
 @dataclass
@@ -52,7 +53,7 @@ def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int
         ([0.1, 1.0], True)
     """
     data = data_rows(data, "data")
-    grid = check_sigmas(sigmas)
+    grid = level_list(sigmas)
     if not (0 < alpha < 1):
         raise ValueError(f"alpha: expected a value in (0, 1), got {alpha!r}")
     if metric not in ("cosine", "relative_l2"):
@@ -99,7 +100,7 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
         ((2,), True)
     """
     data = data_rows(data, "data")
-    grid = check_sigmas(sigmas)
+    grid = level_list(sigmas)
     if metric not in ("rmse", "nmse"):
         raise ValueError(f"metric: expected 'rmse' or 'nmse', got {metric!r}")
     if not (isinstance(n, int) and 1 <= n <= data.shape[0]):
