@@ -130,6 +130,17 @@ def add_scale_argument(parser: argparse.ArgumentParser) -> None:
                         help="range of a float .npy/.npz dataset, mapped onto [-1, 1] (default: already in [-1, 1])")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, out: str | None, out_help: str, samples: bool = True) -> None:
+    """What every training command takes after its own options: ``--samples`` (with ``samples``),
+    ``--out`` (default ``out``), ``--device`` and ``--quiet``."""
+    if samples:
+        parser.add_argument("--samples", type=positive_int, default=64,
+                            help="samples for the GL score and memorization ratio")
+    parser.add_argument("--out", default=out, help=out_help)
+    add_device_argument(parser, "train and measure")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def load_data(args, option: str = "--dataset") -> torch.Tensor:
     source = getattr(args, "dataset")
     try:
