@@ -365,3 +365,14 @@ def test_training_commands_share_their_run_options():
         args = parser.parse_args([*argv, "--quiet", "--device", "cpu"])
         assert args.quiet and args.device == "cpu" and args.out == out
         assert getattr(args, "samples", None) == (None if argv == ["train"] else 64)
+
+
+# ---------------------------------------------------------------- the modules' own examples
+
+@pytest.mark.parametrize("name", ["fastgauss._core.sigma", "fastgauss._core.precision", "fastgauss._core.dtypes"])
+def test_core_vocabulary_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
