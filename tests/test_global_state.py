@@ -121,7 +121,7 @@ def test_diagnostics_read_flags_from_inside(watch):
     data, g = _gaussian(d=16)
     net = _callback(g, watch)
     sigmas = [0.1, 1.0]
-    fastgauss.linearity_score(net, data, sigmas, n_pairs=8, generator=_gen())
+    fastgauss.linearity_score(net, data, sigmas, n=8, generator=_gen())
     fastgauss.denoiser_rmse(net, g, data, sigmas, n=16, generator=_gen())
     fastgauss.distill_linear(net, data, sigmas, generator=_gen())
     fastgauss.jvp(net, data[:2], 0.5, torch.randn(3, 2, 16, generator=_gen()))

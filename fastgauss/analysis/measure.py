@@ -112,7 +112,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
     with part("linearity"):
         table["linearity"] = []
         for sigma in tqdm(grid, desc="linearity", disable=not progress, unit="sigma"):
-            res = linearity_score(timed, data, [sigma], n_pairs=pairs, generator=seeded_generator(seed, 0, 1),
+            res = linearity_score(timed, data, [sigma], n=pairs, generator=seeded_generator(seed, 0, 1),
                                   batch_size=batch_size)
             table["linearity"].append(float(res.value[0]))
     k = min(jacobian_k, d, n - 1)

@@ -25,7 +25,7 @@ import torch
 
 from .._core.arrays import as_float, as_tensor, inspectable
 from ..data import dataset_names, load_dataset
-from ..diagnostics.protocol import check_sigmas
+from .._core.sigma import level_list
 from ..edm.sampling import edm_sigmas
 from .measure import DEFAULT_SIGMAS, SAMPLE_SETS, measure, probe
 from .report import markdown, timing_summary, verdict_dict, verdict_of, write_figures
@@ -129,7 +129,7 @@ def sigma_grid(sigma_min: float, sigma_max: float, sigmas=None) -> list[float]:
     """The analysis grid: ``sigmas`` (each inside [sigma_min, sigma_max]) or the levels of
     DEFAULT_SIGMAS inside the range (8 log-spaced levels across it when fewer than 3 are)."""
     if sigmas is not None:
-        grid = check_sigmas(sigmas).tolist()
+        grid = level_list(sigmas).tolist()
         outside = [s for s in grid if not sigma_min <= s <= sigma_max]
         if outside:
             raise ValueError(f"sigmas: {outside} lie outside the model's range [{sigma_min:g}, {sigma_max:g}]")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .._core.precision import check_precision
 from ..ops.moments.op import PRECISIONS, Moments
 
 FORMAT = "fastgauss-stats-cache"
@@ -116,8 +117,7 @@ def stats_record(moments: Moments, *, ddof: int = 0, source: str = "") -> dict:
 def _check_args(ddof, precision, batch_size) -> None:
     if ddof not in (0, 1):
         raise ValueError(f"ddof: expected 0 or 1, got {ddof!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, PRECISIONS, "moments")
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``analyze`` command to an argparse subparsers object; returns its parser."""
-    from .common import add_device_argument, add_scale_argument, int_at_least, number_list, positive_int
+    from .common import add_device_argument, add_scale_argument, int_at_least, noise_levels, positive_int
 
     parser = subparsers.add_parser(
         "analyze", help="measure your own diffusion model against the Gaussian and memorizing denoisers",
@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="the model's training data: bundled name or a path (image folder, zip, .npy/.npz)")
     add_scale_argument(parser)
     parser.add_argument("--out", help="report folder; None: fastgauss-out/analyze-MODELNAME")
-    parser.add_argument("--sigmas", type=number_list(float, example="0.1,0.5,2"),
+    parser.add_argument("--sigmas", type=noise_levels,
                         help="comma-separated noise levels; None: those of 0.05,0.1,0.2,0.5,1,2,5,10 inside the "
                              "model's range")
     parser.add_argument("--samples", type=int_at_least(2), default=64, help="samples from fixed latents")

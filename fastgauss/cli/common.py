@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .._core.device import check_device
+from .._core.sigma import level_list
 from ..data import SCALES, load_dataset
 
 DEFAULT_OUT = Path("fastgauss-out")
@@ -97,6 +98,19 @@ def number_list(kind: type, low=None, example: str = ""):
     return parse
 
 
+def noise_levels(text: str) -> list[float]:
+    """argparse type: a comma-separated list of noise levels, each finite and > 0 (the rule of
+    ``fastgauss._core.sigma.level_list``), e.g. 0.1,0.5,2."""
+    values = number_list(float, example="0.1,0.5,2")(text)
+    try:
+        return level_list(values, "levels").tolist()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("levels: ")) from None
+
+
+noise_levels.__name__ = "noise levels"
+
+
 def int_list(low: int):
     """argparse type: a non-empty comma-separated list of integers >= low, e.g. 64,256,1797."""
     return number_list(int, low)
@@ -114,6 +128,17 @@ def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
 def add_scale_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=SCALES, default=None,
                         help="range of a float .npy/.npz dataset, mapped onto [-1, 1] (default: already in [-1, 1])")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, out: str | None, out_help: str, samples: bool = True) -> None:
+    """What every training command takes after its own options: ``--samples`` (with ``samples``),
+    ``--out`` (default ``out``), ``--device`` and ``--quiet``."""
+    if samples:
+        parser.add_argument("--samples", type=positive_int, default=64,
+                            help="samples for the GL score and memorization ratio")
+    parser.add_argument("--out", default=out, help=out_help)
+    add_device_argument(parser, "train and measure")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_data(args, option: str = "--dataset") -> torch.Tensor:

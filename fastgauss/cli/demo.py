@@ -24,7 +24,7 @@ from ..ops.empirical import EmpiricalDenoiser
 from ..edm.sampling import edm_sigmas, sample_euler
 from ..edm.train import TrainConfig, Trainer
 from ..diagnostics.verdict import verdict
-from .common import DEFAULT_OUT, add_device_argument, add_model_arguments, check_size, int_at_least, load_data, positive_int
+from .common import DEFAULT_OUT, add_model_arguments, add_run_arguments, check_size, int_at_least, load_data
 
 #: What every number in the report means (printed into summary.md; the README repeats it).
 DEFINITIONS = """\
@@ -191,9 +191,5 @@ def add_parser(commands) -> None:
                                            "memorizing denoisers, with each model's verdict and its evidence.")
     add_model_arguments(demo, steps=3000)
     demo.add_argument("--small-n", type=int_at_least(2), default=64, help="training-set size of the memorizing model")
-    demo.add_argument("--samples", type=positive_int, default=64,
-                      help="samples for the GL score and memorization ratio")
-    demo.add_argument("--out", default=str(DEFAULT_OUT / "demo"), help="report folder")
-    add_device_argument(demo, "train and measure")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(demo, out=str(DEFAULT_OUT / "demo"), out_help="report folder")
     demo.set_defaults(run=run_command)

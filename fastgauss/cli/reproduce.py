@@ -20,7 +20,7 @@ from .._core.plots import figure
 from ..data import load_dataset
 from .demo import DEFINITIONS, model_verdict
 from ..edm.train import TrainConfig, Trainer
-from .common import DEFAULT_OUT, add_device_argument, add_scale_argument, check_size, int_list, load_data, positive_int
+from .common import DEFAULT_OUT, add_run_arguments, add_scale_argument, check_size, int_list, load_data
 
 MID_SIGMA = (0.5, 5.0)
 _MARKERS = {"memorizes": "X", "undertrained": "v", "generalizes": "o"}
@@ -141,9 +141,5 @@ def add_parser(commands) -> None:
                        help="training-set sizes (each from 2 to the dataset's size), e.g. 64,256,1797")
     sweep.add_argument("--widths", type=int_list(8), default=[32], help="UNet widths (multiples of 8), e.g. 16,32,64")
     sweep.add_argument("--steps", type=int_list(1), default=[3000], help="training lengths, e.g. 1000,3000")
-    sweep.add_argument("--samples", type=positive_int, default=64,
-                       help="samples for the GL score and memorization ratio")
-    sweep.add_argument("--out", default=str(DEFAULT_OUT / "reproduce"), help="report folder")
-    add_device_argument(sweep, "train and measure")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(sweep, out=str(DEFAULT_OUT / "reproduce"), out_help="report folder")
     sweep.set_defaults(run=run_command)

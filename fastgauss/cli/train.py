@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (DEFAULT_OUT, UsageError, add_device_argument, add_model_arguments, check_size, int_at_least,
+from .common import (DEFAULT_OUT, UsageError, add_model_arguments, add_run_arguments, check_size, int_at_least,
                      is_main_process, load_data, positive_float, positive_int, say)
 
 def _init_distributed(device: str) -> bool:
@@ -94,8 +94,7 @@ def add_parser(commands) -> None:
     train.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (after warm-up)")
     train.add_argument("--seed", type=int, default=0, help="seed of the subset, the weights, batches and noise")
     train.add_argument("--eval-every", type=positive_int, default=1000, help="steps between measurements")
-    train.add_argument("--out", help="run folder (default: fastgauss-out/train-DATASET-nN-wWIDTH)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    add_device_argument(train, "train and measure")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_arguments(train, out=None, out_help="run folder (default: fastgauss-out/train-DATASET-nN-wWIDTH)",
+                      samples=False)
     train.set_defaults(run=run)

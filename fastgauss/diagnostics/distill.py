@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from .._core.arrays import flatten_batch
+from .._core.sigma import check_levels, level_list, per_sample
 from ..ops.gaussian.module import GaussianDenoiser
-from .protocol import apply_batched, check_sigmas, data_rows
+from .protocol import apply_batched, data_rows
 from ..ops.moments.op import Moments
 
 
@@ -47,20 +48,18 @@ class LinearDistillation(nn.Module):
         self.feature_shape = tuple(feature_shape)
         self.report = report
 
+    def _grid_hint(self) -> str:
+        return f" (a linear distillation is defined on its grid: {', '.join(f'{v:g}' for v in self.sigmas.tolist())})"
+
     def level_index(self, sigma: torch.Tensor) -> torch.Tensor:
         """Index of the grid level nearest each sigma [B] in log(sigma); sigma must be finite and > 0."""
-        if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
-            bad = sigma[~((sigma > 0) & torch.isfinite(sigma))][0].item()
-            raise ValueError(f"sigma: a linear distillation is defined at noise levels > 0 (its grid: "
-                             f"{', '.join(f'{v:g}' for v in self.sigmas.tolist())}), got {bad:g}")
+        check_levels(sigma, positive=True, hint=self._grid_hint())
         return (torch.log(sigma.double()[:, None]) - torch.log(self.sigmas.double())[None, :]).abs().argmin(1)
 
     def forward(self, x, sigma):
         flat = flatten_batch(x, "x")
-        s = torch.as_tensor(sigma, dtype=torch.float64, device=flat.device).reshape(-1)
-        if s.numel() not in (1, flat.shape[0]):
-            raise ValueError(f"sigma: expected a float, a 0-d tensor or {flat.shape[0]} values, got {s.numel()}")
-        s = s.expand(flat.shape[0])
+        s = per_sample(sigma, flat.shape[0], device=flat.device, dtype=torch.float64, positive=True,
+                       hint=self._grid_hint())
         levels = self.level_index(s)
         out = torch.empty_like(flat)
         for level in levels.unique().tolist():
@@ -150,7 +149,7 @@ def distill_linear(denoiser, data, sigmas, *, method: str = "closed", ridge: flo
         (True, (3, 1, 4, 4))
     """
     data = data_rows(data, "data")
-    grid = check_sigmas(sigmas)
+    grid = level_list(sigmas)
     if method not in ("closed", "adam"):
         raise ValueError(f"method: expected 'closed' or 'adam', got {method!r}")
     if gaussian is None:

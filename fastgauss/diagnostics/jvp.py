@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .._core.arrays import as_float, as_tensor
+from .._core.arrays import as_float, as_tensor, probe_stack
 from .protocol import check_output, sigma_text
 from .tangent_rules import cheaper_tangents
 
@@ -38,11 +38,8 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     from ..ops.gaussian.module import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))
-    v = as_float(as_tensor(v, "v")).to(device=x.device, dtype=x.dtype)
-    probes = v.dim() == x.dim() + 1
-    if v.shape[int(probes):] != x.shape:
-        raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
-                         f"got {tuple(v.shape)}")
+    v, probes = probe_stack(v, x)
+    v = v.to(x.dtype)
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk: expected a number of probes >= 1, got {chunk}")
     if isinstance(denoiser, (GaussianDenoiser, EmpiricalDenoiser)):

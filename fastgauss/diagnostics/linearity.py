@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from .._core.arrays import flatten_batch
-from .protocol import apply_batched, check_sigmas, data_rows
+from .._core.sigma import level_list
+from .protocol import apply_batched, data_rows
 
 
 @dataclass
@@ -32,7 +33,7 @@ class SigmaTable:
 
 
 
-def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int = 100, metric: str = "cosine",
+def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n: int = 100, metric: str = "cosine",
                     generator: torch.Generator | None = None, batch_size: int = 256) -> SigmaTable:
     """How linear a denoiser is at each noise level (the paper's definition).
 
@@ -40,34 +41,36 @@ def linearity_score(denoiser, data, sigmas, alpha: float = 2**-0.5, n_pairs: int
     once and reused at every sigma, beta = sqrt(1 - alpha^2):
       "cosine":      LS = mean |cos(D(alpha x_1 + beta x_2), alpha D(x_1) + beta D(x_2))|
       "relative_l2": mean |D(alpha x_1 + beta x_2) - (alpha D(x_1) + beta D(x_2))| / |D(alpha x_1 + beta x_2)|
-    data: [N, *feature_shape] with N >= 2 n_pairs; sigmas: [S] > 0. Returns a SigmaTable
+    n: the number of pairs (the name ``denoiser_rmse`` gives its count of inputs too).
+    data: [N, *feature_shape] with N >= 2 n; sigmas: [S] > 0. Returns a SigmaTable
     (sigmas, score = the mean over pairs, spread = their standard deviation).
 
     Example (the Gaussian denoiser is linear up to its offset mu, which is near 0 here):
         >>> import torch, fastgauss
         >>> data = torch.randn(400, 1, 4, 4, generator=torch.Generator().manual_seed(0))
         >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
-        >>> table = fastgauss.linearity_score(g, data, [0.1, 1.0], n_pairs=50)
+        >>> table = fastgauss.linearity_score(g, data, [0.1, 1.0], n=50)
         >>> table.sigmas.tolist(), bool((table.value > 0.99).all())
         ([0.1, 1.0], True)
     """
     data = data_rows(data, "data")
-    grid = check_sigmas(sigmas)
+    grid = level_list(sigmas)
     if not (0 < alpha < 1):
         raise ValueError(f"alpha: expected a value in (0, 1), got {alpha!r}")
     if metric not in ("cosine", "relative_l2"):
         raise ValueError(f"metric: expected 'cosine' or 'relative_l2', got {metric!r}")
-    if not (isinstance(n_pairs, int) and n_pairs >= 1 and 2 * n_pairs <= data.shape[0]):
-        raise ValueError(f"n_pairs: {n_pairs} pairs need {2 * n_pairs} distinct samples, data has {data.shape[0]}")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1 and 2 * n <= data.shape[0]):
+        raise ValueError(f"n: {n!r} pairs need {2 * n if isinstance(n, int) else 'n'} distinct samples, "
+                         f"data has {data.shape[0]}")
     beta = math.sqrt(1 - alpha**2)
-    pick = torch.randperm(data.shape[0], generator=generator)[: 2 * n_pairs].to(data.device)
-    y1, y2 = data[pick[:n_pairs]], data[pick[n_pairs:]]
+    pick = torch.randperm(data.shape[0], generator=generator)[: 2 * n].to(data.device)
+    y1, y2 = data[pick[:n]], data[pick[n:]]
     eps = torch.randn((2, *y1.shape), generator=generator, dtype=data.dtype).to(data.device)
     values, spreads = [], []
     for sigma in grid.tolist():
         x1, x2 = y1 + sigma * eps[0], y2 + sigma * eps[1]
         out = apply_batched(denoiser, torch.cat([x1, x2, alpha * x1 + beta * x2]), sigma, batch_size)
-        d1, d2, d_mix = (flatten_batch(t, "D").double() for t in out.split(n_pairs))
+        d1, d2, d_mix = (flatten_batch(t, "D").double() for t in out.split(n))
         combo = alpha * d1 + beta * d2
         if metric == "cosine":
             per_pair = torch.nn.functional.cosine_similarity(d_mix, combo, dim=1, eps=1e-30).abs()
@@ -99,7 +102,7 @@ def denoiser_rmse(d1, d2, data, sigmas, n: int = 256, metric: str = "rmse",
         ((2,), True)
     """
     data = data_rows(data, "data")
-    grid = check_sigmas(sigmas)
+    grid = level_list(sigmas)
     if metric not in ("rmse", "nmse"):
         raise ValueError(f"metric: expected 'rmse' or 'nmse', got {metric!r}")
     if not (isinstance(n, int) and 1 <= n <= data.shape[0]):

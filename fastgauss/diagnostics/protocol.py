@@ -2,7 +2,7 @@
 
 A denoiser is ``denoiser(x, sigma) -> D`` with x [B, *feature_shape] and sigma a float, a 0-d
 tensor or [B] values; D has x's shape and finite values. Noise levels come as a grid of finite
-levels > 0, data as [N, *feature_shape].
+levels > 0 (``fastgauss._core.sigma.level_list``), data as [N, *feature_shape].
 """
 
 from __future__ import annotations
@@ -10,20 +10,6 @@ from __future__ import annotations
 import torch
 
 from .._core.arrays import as_float, as_tensor
-
-
-def check_sigmas(sigmas) -> torch.Tensor:
-    """A non-empty 1-D grid of noise levels, all > 0 and finite, as float64 on the CPU."""
-    if isinstance(sigmas, (int, float, list, tuple)):
-        s = torch.tensor(sigmas, dtype=torch.float64)
-    else:
-        s = as_float(as_tensor(sigmas, "sigmas"))
-    s = s.reshape(-1).to("cpu", torch.float64)
-    if s.numel() == 0:
-        raise ValueError("sigmas: the grid of noise levels is empty")
-    if not torch.isfinite(s).all() or (s <= 0).any():
-        raise ValueError(f"sigmas: every level must be finite and > 0, got {s.tolist()}")
-    return s
 
 
 def sigma_text(sigma) -> str:

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from .._core.arrays import inspectable
+from .._core.sigma import per_sample
 
 SIGMA_DATA = 0.5
 
@@ -37,15 +37,8 @@ class EDMDenoiser(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(x.shape[0])
-        if s.shape != (x.shape[0],):
-            raise ValueError(f"sigma: expected a float, a 0-d tensor or {x.shape[0]} values, got {tuple(s.shape)}")
-        if inspectable(s) and not bool(((s > 0) & torch.isfinite(s)).all()):
-            bad = s[~((s > 0) & torch.isfinite(s))][0].item()
-            raise ValueError(f"sigma: EDM's preconditioning needs every noise level finite and > 0 "
-                             f"(c_noise = ln(sigma) / 4), got {bad:g}")
+        s = per_sample(sigma, x.shape[0], device=x.device, dtype=x.dtype, positive=True,
+                       hint=" (EDM's preconditioning takes c_noise = ln(sigma) / 4)")
         c_skip, c_out, c_in, c_noise = (c.reshape(-1, *([1] * (x.dim() - 1))) if i < 3 else c
                                         for i, c in enumerate(edm_coefficients(s, self.sigma_data)))
         return c_skip * x + c_out * self.network(c_in * x, c_noise)

@@ -196,7 +196,7 @@ class Trainer:
         distances = denoiser_rmse(net, {"gaussian": gaussian, "empirical": empirical}, self.train_set,
                                   cfg.eval_sigmas, n=count, generator=noise(0))  # the network runs once
         to_gauss, to_emp = distances["gaussian"], distances["empirical"]
-        linear = linearity_score(net, self.train_set, cfg.eval_sigmas, n_pairs=max(1, min(64, n // 2)),
+        linear = linearity_score(net, self.train_set, cfg.eval_sigmas, n=max(1, min(64, n // 2)),
                                  generator=noise(1))
         latents = torch.randn((cfg.eval_samples, *self.train_set.shape[1:]), generator=noise(2)).to(self.train_set)
         samples = sample_euler(net, latents, edm_sigmas(10))

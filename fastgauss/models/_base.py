@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .._core.arrays import as_float, as_tensor, inspectable
+from .._core.dtypes import compute_dtype
+from .._core.sigma import per_sample
 
 # A sigma this close to the range's ends (relative) is inside it: a float32 copy of
 # sigma_min must not be refused because it rounded down.
@@ -101,7 +103,7 @@ class Adapter(nn.Module):
         if self.feature_shape is not None and tuple(x.shape[1:]) != self.feature_shape:
             raise ValueError(f"x: the model takes inputs [B, {', '.join(map(str, self.feature_shape))}], "
                              f"got {tuple(x.shape)}")
-        out_dtype = torch.promote_types(x.dtype, torch.float32)
+        out_dtype = compute_dtype(x.dtype)
         x = x.to(out_dtype)
         batch = x.shape[0]
         s = self._sigmas(sigma, batch, x.device)
@@ -171,19 +173,10 @@ class Adapter(nn.Module):
         return x if target is None else x.to(target)
 
     def _sigmas(self, sigma, batch: int, device) -> torch.Tensor:
-        if isinstance(sigma, torch.Tensor):
-            s = as_float(sigma).to(device=device, dtype=torch.float64).reshape(-1)
-        elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-            s = torch.tensor([float(sigma)], dtype=torch.float64, device=device)
-        else:
-            s = as_float(as_tensor(sigma, "sigma")).to(device=device, dtype=torch.float64).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(batch)
-        if s.shape != (batch,):
-            raise ValueError(f"sigma: expected a float, a 0-d tensor or {batch} values, got shape {tuple(s.shape)}")
+        s = per_sample(sigma, batch, device=device, dtype=torch.float64, positive=True)
         if inspectable(s):
             lo, hi = self.sigma_min * (1 - RANGE_SLACK), self.sigma_max * (1 + RANGE_SLACK)
-            bad = ~((s >= lo) & (s <= hi))  # NaN is outside too
+            bad = ~((s >= lo) & (s <= hi))
             if bad.any():
                 worst = s[bad][0].item()
                 raise ValueError(f"sigma: {worst:g} is outside the model's range "

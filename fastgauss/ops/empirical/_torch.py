@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..._core.dtypes import compute_dtype
+
 #: Bytes of logits / weights per chunk: bounds the workspace (B x chunk) of every pass.
 WORKSPACE_BYTES = 24 << 20
 #: Bytes of one data chunk: large enough that the per-chunk work on [B, c] and [B, d] is small
@@ -39,9 +41,16 @@ def chunk_rows(batch: int, dim: int, element_size: int, probes: int = 0, budget:
     return max(16, min(by_workspace, by_cache))
 
 
-def _weight(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """e^{a - m}, 0 where a = -inf (an empty partial)."""
-    return torch.where(torch.isfinite(a), torch.exp(a - m), torch.zeros_like(a))
+def rescale(m_old: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:
+    """The one log-sum-exp merge step: e^{m_old - m_new}, the factor that moves a sum of
+    e^{s - m_old} onto the reference m_new >= m_old; 0 where m_old = -inf (an empty partial)."""
+    return torch.where(torch.isfinite(m_old), torch.exp(m_old - m_new), torch.zeros_like(m_old))
+
+
+def reference(m: torch.Tensor) -> torch.Tensor:
+    """The reference logit to subtract before exp: m, or 0 where m = -inf (every row left out),
+    so that e^{s - reference} is 0 there rather than NaN."""
+    return torch.where(torch.isfinite(m), m, 0)
 
 
 def _takes_in_place(state: torch.Tensor, *updates: torch.Tensor) -> bool:
@@ -82,7 +91,7 @@ class Partial:
 
     def merged(self, other: Partial, probes: torch.Tensor | None = None) -> Partial:
         """Exact merge of two partials over disjoint rows (``probes`` [K, B, d] when cv is kept)."""
-        copy = Partial(*(None if t is None else t.to(torch.promote_types(t.dtype, o.dtype), copy=True)
+        copy = Partial(*(None if t is None else t.to(compute_dtype(t.dtype, o.dtype), copy=True)
                          for t, o in zip(self._fields(), other._fields())))
         return copy.merge_(other, probes)
 
@@ -92,7 +101,7 @@ class Partial:
         The update needs no temporary of the size of cv ([K, B, d]): the memory of a pass is
         its state and one chunk."""
         m = torch.maximum(self.m, other.m)
-        a, b = _weight(self.m, m), _weight(other.m, m)
+        a, b = rescale(self.m, m), rescale(other.m, m)
         la, lb = self.l * a, other.l * b
         l = la + lb
         positive = l > 0
@@ -162,7 +171,7 @@ def chunk_partial(s: torch.Tensor, z: torch.Tensor, yc: torch.Tensor, probes: to
     if leave_out is not None:
         top = s.masked_fill_(leave_out, float("-inf")).max(1)  # the reference: the best row kept
     m, best = s.max(1) if top is None else top
-    p = s.sub_(torch.where(torch.isfinite(m), m, 0)[:, None]).exp_()  # takes the logits' memory
+    p = s.sub_(reference(m)[:, None]).exp_()  # takes the logits' memory
     l = p.sum(1)
     linv = torch.where(l > 0, 1 / torch.where(l > 0, l, 1), 0)
     mu = (p @ yc) * linv[:, None]

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from . import _torch as et
-from ..._core.arrays import as_float, as_tensor, check_finite
-from .op import PRECISIONS, _denoise, _normalize_sigma, _queries, empirical_denoise
+from ..._core.arrays import as_float, as_tensor, check_finite, probe_stack
+from ..._core.precision import check_precision
+from .op import PRECISIONS, _denoise, _queries, empirical_denoise, levels
 from .stream import _stream
 from .training_set import TrainingSet
 
@@ -33,8 +34,7 @@ class EmpiricalDenoiser(nn.Module):
 
     def __init__(self, data, *, precision: str = "ieee", group=None, chunk_rows: int | None = None, device=None):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision, PRECISIONS, "the empirical denoiser")
         self.data = TrainingSet(data, group=group, chunk_rows=chunk_rows, device=device)
         self.precision = precision
 
@@ -54,7 +54,7 @@ class EmpiricalDenoiser(nn.Module):
     def score(self, x, sigma) -> torch.Tensor:
         """(D(x; sigma) - x) / sigma^2."""
         x = as_float(as_tensor(x, "x"))
-        s = _normalize_sigma(sigma, x.shape[0], x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        s = levels(sigma, x.shape[0], x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         return (self.forward(x, sigma) - x) / s**2
 
     def jvp(self, x, sigma, v) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +66,7 @@ class EmpiricalDenoiser(nn.Module):
         """
         home = x.device if isinstance(x, torch.Tensor) else None
         x, flat, s = _queries(x, sigma, self.data)
-        v = as_float(as_tensor(v, "v")).to(x.device)
-        probes = v.dim() == x.dim() + 1
-        if v.shape[probes:] != x.shape:
-            raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
-                             f"got {tuple(v.shape)}")
+        v, probes = probe_stack(v, x)
         check_finite(v, "v")
         if flat.shape[0] == 0:
             return x.clone(), v.clone()

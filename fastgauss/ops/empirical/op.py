@@ -9,13 +9,16 @@ from __future__ import annotations
 import torch
 
 from . import _torch as et
-from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core import precision as precisions
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core.dtypes import compute_dtype
+from ..._core.sigma import per_sample
 from .precision import error_bound
 from .stream import _stream
 from .training_set import TrainingSet
 
 
-PRECISIONS = ("ieee", "tf32", "bf16", "auto")
+PRECISIONS = precisions.EMPIRICAL
 
 
 class _EmpiricalDenoise(torch.autograd.Function):
@@ -67,20 +70,14 @@ class _EmpiricalDenoise(torch.autograd.Function):
         return out.reshape(size, n, d), 0
 
 
-def _normalize_sigma(sigma, batch: int, device, dtype) -> torch.Tensor:
-    s = torch.tensor(float(sigma), dtype=torch.float64) if isinstance(sigma, (int, float)) else as_float(as_tensor(sigma, "sigma"))
-    s = s.to(device=device, dtype=dtype)
-    if s.dim() == 0 or (s.dim() == 1 and s.shape[0] == 1):
-        s = s.reshape(1).expand(batch)
-    elif s.shape != (batch,):
-        raise ValueError(f"sigma: expected a float, a 0-d tensor or {batch} values, got shape {tuple(s.shape)}")
-    if inspectable(s) and s.numel():
-        if not torch.isfinite(s).all():
-            raise ValueError("sigma: must be finite")
-        if (s <= 0).any():
-            raise ValueError(f"sigma: must be > 0 (got {s.min().item():g}); the empirical denoiser at sigma = 0 "
-                             "is a nearest-neighbour lookup: use fastgauss.nearest_neighbors")
-    return s.contiguous()
+#: Why the empirical denoiser takes no sigma = 0 (the tail of its error).
+ZERO_HINT = ("; the empirical denoiser at sigma = 0 is a nearest-neighbour lookup: use "
+             "fastgauss.nearest_neighbors")
+
+
+def levels(sigma, batch: int, device, dtype) -> torch.Tensor:
+    """sigma as [B] levels > 0 (``fastgauss._core.sigma.per_sample``)."""
+    return per_sample(sigma, batch, device=device, dtype=dtype, positive=True, hint=ZERO_HINT)
 
 
 def _queries(x, sigma, data: TrainingSet):
@@ -94,13 +91,12 @@ def _queries(x, sigma, data: TrainingSet):
         raise ValueError(f"x: has {flat.shape[1]} features (shape {tuple(x.shape)}) but the training set has "
                          f"{data.dim} (feature shape {data.feature_shape})")
     check_finite(flat, "x")
-    s = _normalize_sigma(sigma, flat.shape[0], x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
+    s = levels(sigma, flat.shape[0], x.device, compute_dtype(x.dtype))
     return x, flat, s
 
 
 def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions.check_precision(precision, PRECISIONS, "the empirical denoiser")
     home = x.device if isinstance(x, torch.Tensor) else None
     x, flat, s = _queries(x, sigma, data)
     if flat.shape[0] == 0:

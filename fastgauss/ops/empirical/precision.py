@@ -7,10 +7,11 @@ import math
 import torch
 
 from .training_set import TrainingSet
+from ..._core.precision import UNIT_ROUNDOFF
 
 
 #: Unit roundoff of each product mode's operands (relative error of one operand).
-_UNIT_ROUNDOFF = {"bf16": 2.0**-8, "tf32": 2.0**-11, "ieee": 2.0**-24, "float64": 2.0**-53}
+_UNIT_ROUNDOFF = {mode: UNIT_ROUNDOFF[mode] for mode in ("bf16", "tf32", "ieee", "float64")}
 #: Fastest first.
 _SPEED_ORDER = ("bf16", "tf32", "ieee")
 #: Probabilistic factor of the accumulation error (see ``error_bound``).

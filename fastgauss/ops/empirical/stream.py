@@ -40,8 +40,8 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
                     cands.prune()
         if plain:  # D only: the running (m, l, acc) of flash attention; no cancellation to avoid
             m_new = torch.maximum(m, top.values)
-            alpha = torch.where(torch.isfinite(m), torch.exp(m - m_new), 0)
-            p = s.sub_(m_new[:, None]).exp_()
+            alpha = et.rescale(m, m_new)
+            p = s.sub_(et.reference(m_new)[:, None]).exp_()
             if inside is not None:
                 p.masked_fill_(inside, 0)
             l.mul_(alpha).add_(p.sum(1))

@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from . import _torch as gt
-from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable, probe_stack
+from ..._core.dtypes import compute_dtype
+from ..._core.precision import check_precision
+from ..._core.sigma import check_levels, levels_tensor
 from .op import PRECISIONS, denoise_validated, normalize_sigma
 from .validation import validate_gaussian
 from ..moments.op import Moments
@@ -170,11 +173,7 @@ class GaussianDenoiser(nn.Module):
 
     def weights(self, sigma) -> torch.Tensor:
         """Shrinkage factors lambda_k / (lambda_k + sigma^2): [r] for a scalar sigma, else [*sigma.shape, r]."""
-        s = as_float(as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float))
-                     else torch.tensor(float(sigma), dtype=torch.float64))
-        s = s.to(self.eigvals)
-        if not torch.isfinite(s).all() or (s < 0).any():
-            raise ValueError("sigma: must be finite and >= 0")
+        s = check_levels(levels_tensor(sigma).to(self.eigvals))
         return gt.shrink(self.eigvals, s[..., None])
 
     def jvp(self, x, sigma, v, *, precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,11 +183,7 @@ class GaussianDenoiser(nn.Module):
         kernel with a zero mean (J v = D_0(v) for the centred denoiser).
         """
         x = self._check_input(x)
-        v = as_float(as_tensor(v, "v")).to(x.device)
-        probes = v.dim() == x.dim() + 1
-        if v.shape[probes:] != x.shape:
-            raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "
-                             f"got {tuple(v.shape)}")
+        v, probes = probe_stack(v, x)
         denoised = self.forward(x, sigma, precision=precision)
         grid, multi = normalize_sigma(sigma, x.shape[0], x.device,
                                       torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -215,8 +210,7 @@ class GaussianDenoiser(nn.Module):
         sig = as_float(as_tensor(sigmas, "sigmas")).to(device=latents.device, dtype=torch.float64).reshape(-1)
         if sig.numel() < 1 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
             raise ValueError("sigmas: expected finite values >= 0 starting with sigma_max > 0")
-        dtype = torch.promote_types(latents.dtype, self.eigvecs.dtype)
-        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        dtype = compute_dtype(latents.dtype, self.eigvecs.dtype)
         u, lam, mu = self.eigvecs.to(dtype), self.eigvals.to(torch.float64), self.mean.to(dtype)
         lam_rest = self.lam_rest.to(torch.float64)
         x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0])  # EDM: start at latents * sigma_max
@@ -281,15 +275,14 @@ class GaussianDenoiser(nn.Module):
     def _operator_route(self, x: torch.Tensor, level: float, output: str, precision: str | None) -> torch.Tensor:
         if output not in gt.OUTPUTS:
             raise ValueError(f"output: expected one of {', '.join(gt.OUTPUTS)}, got {output!r}")
-        if precision not in (None, *PRECISIONS):
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision is not None:
+            check_precision(precision, PRECISIONS, "the Gaussian denoiser")
         if output != "denoised" and level == 0:
             raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
         flat = flatten_batch(x, "x")
         check_finite(flat, "x")
         operator = self._operator(level, precision)
-        dtype = torch.promote_types(flat.dtype, self.mean.dtype)
-        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        dtype = compute_dtype(flat.dtype, self.mean.dtype)
         centred = flat.to(dtype) - self.mean.to(dtype)
         base = float(gt.shrink(self.lam_rest.to(torch.float64), torch.tensor(level, dtype=torch.float64)))
         # No torch.backends flag is ever written (other threads would see it). On CUDA, torch's fp32

@@ -8,10 +8,13 @@ import torch
 
 from . import _torch as gt
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core import precision as precisions
 from ..._core.backend import backend_for
+from ..._core.dtypes import compute_dtype
+from ..._core.sigma import check_levels, levels_tensor, shape_error
 from .validation import validated_once
 
-PRECISIONS = ("ieee", "tf32", "bf16")
+PRECISIONS = precisions.GAUSSIAN
 OUTPUTS = gt.OUTPUTS
 
 
@@ -31,8 +34,7 @@ def _compute(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis=No
     kernel_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16) and eigvecs.dtype != torch.float64
     if kernel_ok and backend_for(x) == "triton":
         return _kernel_denoise(x, sigma, mean, eigvecs, lam, lam_rest, output, precision, basis).to(x.dtype)
-    dtype = torch.promote_types(x.dtype, eigvecs.dtype)
-    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = compute_dtype(x.dtype, eigvecs.dtype)
     cast = lambda t: t.to(dtype)  # noqa: E731
     out = gt.denoise(cast(x), cast(sigma), cast(mean), cast(eigvecs), cast(lam), cast(lam_rest), output)
     return out.to(x.dtype)
@@ -96,8 +98,7 @@ class _GaussianDenoise(torch.autograd.Function):
 
 
 def _promoted(x, eigvecs):
-    dtype = torch.promote_types(x.dtype, eigvecs.dtype)
-    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = compute_dtype(x.dtype, eigvecs.dtype)
     return lambda t: t.to(dtype)
 
 
@@ -123,11 +124,11 @@ def _needs_autograd(x: torch.Tensor, sigma: torch.Tensor) -> bool:
 def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor, bool]:
     """sigma as [B, T] and whether the caller asked for several levels (a 2-D sigma).
 
-    Accepts a float, a 0-d tensor, B values (one per sample), or a 2-D [B, T] / [1, T] grid.
-    Raises ValueError for negative or non-finite values and shapes that fit none of these.
+    Accepts what ``fastgauss._core.sigma.per_sample`` accepts (a float, a 0-d tensor, [1] or B
+    values), or a 2-D [B, T] / [1, T] grid; every level finite and >= 0 (the one rule of
+    ``_core.sigma``). ValueError naming sigma otherwise.
     """
-    s = as_tensor(sigma, "sigma") if not isinstance(sigma, (int, float)) else torch.tensor(float(sigma), dtype=torch.float64)
-    s = as_float(s).to(device=device, dtype=dtype)
+    s = levels_tensor(sigma).to(device=device, dtype=dtype)
     if s.dim() == 0:
         grid, multi = s.expand(batch, 1), False
     elif s.dim() == 1 and s.shape[0] in (batch, 1):
@@ -135,15 +136,8 @@ def normalize_sigma(sigma, batch: int, device, dtype=torch.float32) -> tuple[tor
     elif s.dim() == 2 and s.shape[0] in (batch, 1):
         grid, multi = s.expand(batch, s.shape[1]), True
     else:
-        raise ValueError(f"sigma: expected a float, a 0-d tensor, {batch} values (one per sample) or a "
-                         f"[{batch}, T] / [1, T] grid of levels, got shape {tuple(s.shape)}")
-    if grid.numel() and inspectable(grid):
-        low, high = (float(v) for v in torch.aminmax(grid.detach()))  # one pass; NaN propagates into both
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError("sigma: must be finite (got NaN or inf)")
-        if low < 0:
-            raise ValueError(f"sigma: must be >= 0, got minimum {low:g}")
-    return grid.contiguous(), multi
+        raise shape_error("sigma", batch, s.shape, f" or a [{batch}, T] / [1, T] grid of levels")
+    return check_levels(grid).contiguous(), multi
 
 
 def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0, output: str = "denoised",
@@ -195,8 +189,7 @@ def denoise_validated(x: torch.Tensor, sigma, mean, eigvecs, eigvals, lam_rest, 
         raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
     if precision is None:
         precision = "bf16" if eigvecs.dtype == torch.bfloat16 else "ieee"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions.check_precision(precision, PRECISIONS, "the Gaussian denoiser")
     check_finite(flat, "x")
     grid, multi = normalize_sigma(sigma, flat.shape[0], x.device,
                                   torch.float64 if x.dtype == torch.float64 else torch.float32)

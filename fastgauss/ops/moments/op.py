@@ -7,12 +7,13 @@ from collections.abc import Iterable
 
 import torch
 
+from ..._core import precision as precisions
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
 from .products import PRODUCT_ROUNDING, ROUNDING_FACTOR, _CONSERVATIVE, _gram_accumulate, _upper_to_symmetric, _worst
 from .state import restored, state_of
 
 
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = precisions.MOMENTS
 
 
 class Moments:
@@ -51,8 +52,7 @@ class Moments:
     """
 
     def __init__(self, *, precision: str = "ieee"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precisions.check_precision(precision, PRECISIONS, "moments")
         self.precision = precision
         self.count = 0
         self.feature_shape: tuple[int, ...] | None = None

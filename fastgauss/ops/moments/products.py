@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 
 from ..._core.backend import backend_for
+from ..._core.precision import UNIT_ROUNDOFF
 from . import _torch as _gram_torch
 
 
 #: Unit roundoff of one product in each accumulation precision, least to most rounding.
-PRODUCT_ROUNDING = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32x3": 2.0**-21, "tf32": 2.0**-11,
-                    "bf16": 2.0**-8}
+PRODUCT_ROUNDING = {"float64": UNIT_ROUNDOFF["float64"], "float32": UNIT_ROUNDOFF["ieee"],
+                    "tf32x3": UNIT_ROUNDOFF["tf32x3"], "tf32": UNIT_ROUNDOFF["tf32"], "bf16": UNIT_ROUNDOFF["bf16"]}
 #: Eigenvalues below ROUNDING_FACTOR * roundoff * lambda_max are rounding, not variance. The null-space
 #: eigenvalues of fp32-accumulated covariances measure 0.3 to 0.7 roundoffs of lambda_max (N from 60
 #: to 20 000, d from 200 to 1500, data in a subspace): a factor 4 leaves a margin of 6 and keeps real
