@@ -76,3 +76,24 @@ def same_device(first: tuple[str, torch.Tensor], *others: tuple[str, torch.Tenso
     for other_name, other in others:
         require_device(other, other_name, tensor.device, name)
     return tensor.device
+
+
+def applied_device(fn, current: torch.device) -> torch.device:
+    """The device ``fn`` (what ``nn.Module._apply`` passes: .to(), .cuda(), .cpu(), .double()) moves
+    tensors to, or ``current`` when it only changes dtypes. For modules whose state is not a buffer.
+
+    Example:
+        >>> applied_device(lambda t: t.to("meta"), torch.device("cpu"))
+        device(type='meta')
+        >>> applied_device(lambda t: t.double(), torch.device("meta"))
+        device(type='meta')
+        >>> applied_device(lambda t: t.cpu(), torch.device("meta"))
+        device(type='cpu')
+    """
+    single, half = torch.empty(0), torch.empty(0, dtype=torch.float16)
+    moved = fn(single)
+    if moved.device != single.device:
+        return moved.device
+    if moved is single and fn(half) is half:  # nothing changed on the CPU: a move to the CPU
+        return single.device
+    return current

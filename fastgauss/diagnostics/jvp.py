@@ -6,6 +6,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.arrays import as_float, as_tensor
+from .._core.device import require_device
 from .protocol import check_output, sigma_text
 from .tangent_rules import cheaper_tangents
 
@@ -38,7 +39,7 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     from ..ops.gaussian.module import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))
-    v = as_float(as_tensor(v, "v")).to(device=x.device, dtype=x.dtype)
+    v = require_device(as_float(as_tensor(v, "v")), "v", x.device, "x").to(x.dtype)
     probes = v.dim() == x.dim() + 1
     if v.shape[int(probes):] != x.shape:
         raise ValueError(f"v: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "

@@ -228,17 +228,15 @@ class GaussianDenoiser(nn.Module):
         out = self.flow(start, sig, return_trajectory=return_trajectory, name="latents")
         if not return_trajectory:
             return out.to(latents.dtype)
-        return out[0].to(latents.dtype), out[1]._replace(x=out[1].x.to(latents.dtype),
-                                                         denoised=out[1].denoised.to(latents.dtype))
+        traj = out[1]._replace(x=out[1].x.to(latents.dtype), denoised=out[1].denoised.to(latents.dtype))
+        return traj.x[-1], traj
 
     def flow(self, x, sigmas, *, return_trajectory: bool = False, name: str = "x"):
         """x at level sigmas[0] carried by the exact probability flow to sigmas[-1] (one projection).
 
-        x: [B, *feature_shape] on the module's device; sigmas: [L] levels >= 0, the first > 0.
-        x_s = mu + U (sqrt((lambda + s^2) / (lambda + s_0^2)) U^T (x - mu)) + sqrt((lam_rest + s^2) /
-        (lam_rest + s_0^2)) (x - mu outside span(U)), s_0 = sigmas[0]. Dtype rule in ``ops.gaussian.flow``:
-        x's and the eigenvectors' promotion (>= float32), float64 factors; x's dtype back. Returns
-        [B, ...], or (that, ``Trajectory``). Teleportation's ``gaussian_jump`` is this method.
+        x: [B, *feature_shape] on the module's device; sigmas: [L] levels >= 0, the first > 0. The
+        formula and the dtype rule (x's and U's promotion, >= float32; x's dtype back): ``ops.gaussian.flow``.
+        Returns [B, ...], or (that, ``Trajectory``). Teleportation's ``gaussian_jump`` is this method.
 
         Example:
             >>> import torch, fastgauss
