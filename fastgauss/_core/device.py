@@ -56,6 +56,8 @@ def require_device(tensor: torch.Tensor, name: str, device, owner: str) -> torch
         ValueError: x: on cpu, but this GaussianDenoiser is on meta; move one with .to()
     """
     device = device if isinstance(device, torch.device) else torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" means the current GPU, as in torch
+        device = torch.device("cuda", torch.cuda.current_device())
     if tensor.device != device:
         raise ValueError(f"{name}: on {tensor.device}, but {owner} is on {device}; move one with .to()")
     return tensor

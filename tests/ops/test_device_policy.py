@@ -162,3 +162,17 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_cuda_without_an_index_is_the_current_gpu(monkeypatch):
+    # No GPU here: a stand-in with a CUDA device (require_device reads only .device) and a patched
+    # current device. device="cuda" (EmpiricalDenoiser(data, device="cuda")) must match cuda:0
+    # tensors when GPU 0 is current, and name cuda:1 when that one is.
+    from types import SimpleNamespace
+
+    x = SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert require_device(x, "x", "cuda", "this EmpiricalDenoiser") is x
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    with pytest.raises(ValueError, match=_fix("x", "cuda:0", "this EmpiricalDenoiser", "cuda:1")):
+        require_device(x, "x", "cuda", "this EmpiricalDenoiser")
