@@ -7,6 +7,7 @@ Public API (see README.md for a tour):
     empirical_denoise, EmpiricalDenoiser   the memorizing (training-set) optimal denoiser, streamed
     nearest_neighbors, gl_score, memorization_ratio   memorization metrics
     edm_sigmas, sample_euler, sample_heun   EDM schedule and samplers for any denoiser
+    Trajectory         the path every sampler returns with return_trajectory=True
     jvp, linearity_score, denoiser_rmse, distill_linear, jacobian_spectrum, subspace_alignment
                        linearity and Jacobian diagnostics of any denoiser
     verdict, Verdict   the three-way verdict (memorizes / undertrained / generalizes) with its evidence
@@ -25,7 +26,7 @@ from .diagnostics.jvp import jvp
 from .diagnostics.linearity import denoiser_rmse, linearity_score
 from .ops.moments import Moments
 from .ops.neighbors import gl_score, memorization_ratio, nearest_neighbors
-from .edm.sampling import edm_sigmas, sample_euler, sample_heun
+from .edm.sampling import Trajectory, edm_sigmas, sample_euler, sample_heun
 from .models import from_diffusers, from_edm, from_score, load_denoiser
 from .diagnostics.verdict import Verdict, verdict
 from .analysis import Analysis, analyze
@@ -36,4 +37,5 @@ __all__ = ["from_diffusers", "from_edm", "from_score", "load_denoiser",
            "empirical_denoise", "gaussian_denoise", "gl_score", "jacobian_spectrum", "jvp", "linearity_score",
            "memorization_ratio", "nearest_neighbors", "sample_euler", "sample_heun", "subspace_alignment",
            "Verdict", "verdict", "Analysis", "analyze", "TrainConfig", "Trainer"]
+__all__ += ["Trajectory"]
 __version__ = "0.1.0"

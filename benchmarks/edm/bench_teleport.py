@@ -104,7 +104,7 @@ def evaluate(name, net, train_set, samples: int, seed: int = 0) -> list[dict]:
                         started = time.perf_counter()
                         out, traj = sampler(net, latents, torch.tensor(sig, dtype=torch.float64),
                                             return_trajectory=True, **kwargs)
-                        row = done[switch] = _row(name, sampler_name, steps, label, traj["nfe"], out, reference,
+                        row = done[switch] = _row(name, sampler_name, steps, label, traj.nfe, out, reference,
                                                   train_set, time.perf_counter() - started)
                     if label is not None and label.startswith("auto"):
                         choice = next(c for c in autos.values() if c.sigma == switch)

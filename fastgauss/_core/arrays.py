@@ -65,13 +65,16 @@ def check_finite(x: torch.Tensor, name: str) -> None:
                 raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf) out of {x.numel()}")
 
 
-def probe_stack(v, x: torch.Tensor, name: str = "v") -> tuple[torch.Tensor, bool]:
+def probe_stack(v, x: torch.Tensor, name: str = "v", owner: str = "x") -> tuple[torch.Tensor, bool]:
     """(v, stacked): the tangent(s) of a Jacobian-vector product, checked against x [B, *feature_shape].
 
-    v: one probe shaped like x, or K probes [K, B, *feature_shape] (stacked is then True); returned
-    as a float tensor on x's device, its shape as given. ValueError naming ``name`` otherwise.
+    v: one probe shaped like x, or K probes [K, B, *feature_shape] (stacked is then True), on x's
+    device (never moved: ``owner`` names what holds that device in the error); returned as a float
+    tensor, its shape as given. ValueError naming ``name`` otherwise.
     """
-    v = as_float(as_tensor(v, name)).to(x.device)
+    from .device import require_device
+
+    v = require_device(as_float(as_tensor(v, name)), name, x.device, owner)
     stacked = v.dim() == x.dim() + 1
     if v.shape[int(stacked):] != x.shape:
         raise ValueError(f"{name}: expected shape {tuple(x.shape)} or [K, {', '.join(map(str, x.shape))}], "

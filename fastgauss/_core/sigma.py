@@ -111,3 +111,28 @@ def level_list(sigmas, name: str = "sigmas") -> torch.Tensor:
     if s.numel() == 0:
         raise ValueError(f"{name}: expected at least one noise level, got none")
     return check_levels(s, name, positive=True)
+
+
+def schedule(sigmas, name: str = "sigmas", *, min_levels: int = 1, sampler: bool = False) -> list[float]:
+    """A sampling schedule [L] read as Python floats (from any device): finite, >= 0, the first > 0,
+    at least ``min_levels`` of them; ``sampler``: also non-increasing with only the last level 0
+    (every sampler step divides by its level). ValueError naming ``name`` otherwise.
+
+    Example:
+        >>> schedule(torch.tensor([80.0, 1.0, 0.0]), sampler=True)
+        [80.0, 1.0, 0.0]
+        >>> schedule([1.0, 2.0], sampler=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigmas: must not increase
+    """
+    values = sigmas if isinstance(sigmas, (list, tuple)) else as_float(as_tensor(sigmas, name))
+    sig = torch.as_tensor(values, dtype=torch.float64).detach().cpu().reshape(-1)
+    if sig.numel() < min_levels or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
+        least = f"at least {min_levels} " if min_levels > 1 else ""
+        raise ValueError(f"{name}: expected {least}finite levels >= 0, starting above 0 (edm_sigmas(n))")
+    if sampler and (sig[1:] > sig[:-1]).any():
+        raise ValueError(f"{name}: must not increase")
+    if sampler and (sig[:-1] <= 0).any():
+        raise ValueError(f"{name}: only the last level may be 0 (every step divides by its level)")
+    return sig.tolist()

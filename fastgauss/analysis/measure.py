@@ -119,7 +119,7 @@ def measure(timed, data, grid, *, part, samples, steps, batch_size, seed, n_eval
     with part("jacobian"):
         table["jacobian_alignment"], table["jacobian_iters"], table["jacobian_resolved"] = [], [], []
         if k >= 1:
-            top = stats.eigvecs[:, :k]
+            top = stats.eigvecs[:, :k].to(data.device)  # moved once, explicitly (the library never moves)
             picks = torch.randperm(n, generator=seeded_generator(seed, 0, 2))[:jacobian_points].to(data.device)
             eps = torch.randn((len(picks), *data.shape[1:]), generator=seeded_generator(seed, 0, 3)).to(data)
             bar = tqdm(total=len(grid) * len(picks), desc="Jacobian alignment", disable=not progress, unit="point")

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         for part in latents.split(args.batch_size):
             samples, traj = sampler(model, part, sigmas, return_trajectory=True, progress=not args.quiet, **kwargs)
             chunks.append(samples.cpu())
-            nfe, jump = traj["nfe"], traj.get("jump", jump)
+            nfe, jump = traj.nfe, traj.jump or jump
     samples = torch.cat(chunks)
     summary = {"model": str(args.model), "dataset": str(args.dataset), "n_samples": args.samples,
                "sampler": args.sampler, "sampling_steps": args.sampling_steps,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._core.arrays import flatten_batch
+from .._core.device import require_device
 from .._core.sigma import check_levels, level_list, per_sample
 from ..ops.gaussian.module import GaussianDenoiser
 from .protocol import apply_batched, data_rows
@@ -154,7 +155,7 @@ def distill_linear(denoiser, data, sigmas, *, method: str = "closed", ridge: flo
         raise ValueError(f"method: expected 'closed' or 'adam', got {method!r}")
     if gaussian is None:
         gaussian = GaussianDenoiser.from_moments(Moments().update(data), dtype=torch.float64)
-    gaussian = gaussian.to(device=data.device)
+    require_device(gaussian.mean, "gaussian", data.device, "data")  # never moved
     weights, biases, distances, residuals, correlations = [], [], [], [], []
     for sigma in grid.tolist():
         if method == "closed":

@@ -6,6 +6,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._core.arrays import as_float, as_tensor
+from .._core.device import same_device
 from .tangent_rules import cheaper_tangents
 from .jvp import RULE_MIN_ELEMENTS
 from .protocol import check_output
@@ -102,5 +103,6 @@ def subspace_alignment(a, b) -> torch.Tensor:
     a, b = (as_float(as_tensor(t, n)).double() for t, n in ((a, "a"), (b, "b")))
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(f"a, b: expected bases [d, k] with one d, got {tuple(a.shape)} and {tuple(b.shape)}")
-    cosines = torch.linalg.svdvals(_orthonormal(a).T @ _orthonormal(b.to(a.device)))
+    same_device(("a", a), ("b", b))  # never moved
+    cosines = torch.linalg.svdvals(_orthonormal(a).T @ _orthonormal(b))
     return cosines.clamp(max=1.0)

@@ -38,7 +38,7 @@ def jvp(denoiser, x, sigma, v, chunk: int | None = None) -> tuple[torch.Tensor, 
     from ..ops.gaussian.module import GaussianDenoiser
 
     x = as_float(as_tensor(x, "x"))
-    v, probes = probe_stack(v, x)
+    v, probes = probe_stack(v, x, owner="x")
     v = v.to(x.dtype)
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk: expected a number of probes >= 1, got {chunk}")

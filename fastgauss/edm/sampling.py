@@ -11,7 +11,11 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .._core.sigma import schedule
 from .._core.arrays import as_float, as_tensor
+from .._core.trajectory import Trajectory
+
+__all__ = ["Trajectory", "edm_sigmas", "sample_euler", "sample_heun"]
 
 
 def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, *,
@@ -37,63 +41,56 @@ def edm_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: f
 
 
 def _check_schedule(latents, sigmas):
-    latents = as_float(as_tensor(latents, "latents"))
-    sig = as_float(as_tensor(sigmas, "sigmas")).reshape(-1).to(torch.float64).cpu()
-    if sig.numel() < 2 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
-        raise ValueError("sigmas: expected at least 2 finite levels >= 0, starting above 0 (edm_sigmas(n))")
-    if (sig[1:] > sig[:-1]).any():
-        raise ValueError("sigmas: must not increase")
-    if (sig[:-1] <= 0).any():
-        raise ValueError("sigmas: only the last level may be 0 (every step divides by its level)")
-    return latents, sig.tolist()
+    return as_float(as_tensor(latents, "latents")), schedule(sigmas, min_levels=2, sampler=True)
 
 
 def _call(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """D(x; sigma) checked, in x's dtype: the sampler's state keeps the latents' dtype."""
     out = denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
     if out.shape != x.shape:
         raise ValueError(f"denoiser: returned shape {tuple(out.shape)} for input {tuple(x.shape)} at sigma={sigma:g}")
     if not torch.isfinite(out).all():
         raise ValueError(f"denoiser: returned non-finite values at sigma={sigma:g}")
-    return out
+    if out.device != x.device:
+        raise ValueError(f"denoiser: returned a result on {out.device} for input on {x.device}")
+    return out.to(x.dtype)
 
 
-class _Trajectory:
-    """Collects x after every step and D at every step's first evaluation, when asked to."""
+class _Recorder:
+    """Collects a ``Trajectory`` when asked to: x at every level, D as each step used it."""
 
     def __init__(self, x: torch.Tensor, enabled: bool, schedule: list[float]):
-        self.enabled, self.xs, self.ds, self.sig = enabled, [x], [], [schedule[0]]
+        self.enabled, self.xs, self.ds = enabled, [x], []
         self.schedule = schedule  # the whole (clipped) schedule, jumped levels included
         self.jump: tuple[float, float] | None = None
 
-    def record(self, x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> None:
+    def record(self, x: torch.Tensor, denoised: torch.Tensor) -> None:
         if self.enabled:
             self.xs.append(x)
             self.ds.append(denoised)
-            self.sig.append(sigma)
 
     def result(self, x: torch.Tensor, nfe: int):
         if not self.enabled:
             return x
-        out = {"x": torch.stack(self.xs), "denoised": torch.stack(self.ds), "sigma": torch.tensor(self.sig, dtype=torch.float64), "nfe": nfe}
-        if self.jump is not None:
-            out["jump"] = self.jump
-        return x, out
+        ds = torch.stack(self.ds) if self.ds else x.new_empty((0, *x.shape))
+        return x, Trajectory(torch.stack(self.xs), ds, torch.tensor(self.schedule, dtype=torch.float64), nfe,
+                             self.jump)
 
 
 def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol, return_trajectory, sampler):
-    """(x at the level the network starts from, the remaining schedule, the trajectory).
+    """(x at the level the network starts from, the remaining schedule, the recorder).
 
     Without ``gaussian`` this is x = latents * sigmas[0] and the whole (clipped) schedule. With it
     and a ``switch_sigma``, x is carried from sigmas[0] to the first level <= switch_sigma by the
-    Gaussian's exact flow (``teleport.gaussian_jump``), and the trajectory records the jump as
-    one step whose "denoised" entry is the Gaussian's D at sigmas[0].
+    Gaussian's exact flow (``GaussianDenoiser.flow``, what ``teleport.gaussian_jump`` calls), and
+    the trajectory holds the Gaussian's x and D at the levels jumped over.
     """
     from . import teleport
 
     latents, sig = _check_schedule(latents, sigmas)
     sig = teleport.clip_schedule(sig, denoiser)
     x = latents * sig[0]
-    trajectory = _Trajectory(x, return_trajectory, sig)
+    trajectory = _Recorder(x, return_trajectory, sig)
     if switch_sigma is None:
         if gaussian is not None:
             raise ValueError("switch_sigma: gaussian= was given without switch_sigma= (a level, or 'auto')")
@@ -112,15 +109,12 @@ def _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
     i = teleport.switch_index(sig, float(switch_sigma))
     if i == 0:
         return x, sig, trajectory
-    jumped = teleport.gaussian_jump(gaussian, x, sig[0], sig[i])
+    out = gaussian.flow(x, sig[:i + 1], return_trajectory=return_trajectory, name="latents")
+    jumped = out[0] if return_trajectory else out
     if return_trajectory:
+        trajectory.xs, trajectory.ds = list(out[1].x), list(out[1].denoised)
         trajectory.jump = (sig[0], sig[i])
-        trajectory.record(jumped, _as_dtype(gaussian(x, sig[0]), x), sig[i])
     return jumped, sig[i:], trajectory
-
-
-def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return t.to(dtype=like.dtype, device=like.device).reshape(like.shape)
 
 
 _TELEPORT_DOC = """
@@ -145,9 +139,11 @@ def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None,
     """Euler steps of the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma.
 
     latents: [B, *feature_shape] unit Gaussian noise; sampling starts at latents * sigmas[0].
-    sigmas: decreasing levels ending in 0 (``edm_sigmas``). Returns the samples [B, ...], or
-    (samples, {"x": [m + 1, B, ...], "denoised": [m, B, ...], "sigma": [m + 1], "nfe": int,
-    "jump": (sigma_from, sigma_to) when teleported}), m the number of steps taken.
+    sigmas: L decreasing levels ending in 0 (``edm_sigmas``; read as numbers, any device).
+    Returns the samples [B, ...] in the latents' dtype, on their device (the denoiser must
+    return its result there: nothing is moved), or with ``return_trajectory`` (samples,
+    ``Trajectory``): x [L, B, ...] at every level (the start and any levels a teleport jumped
+    included), denoised [L - 1, B, ...] (D as each step used it), sigma [L] float64, nfe, jump.
 
     Example (the Gaussian denoiser of a dataset stands in for a network):
         >>> import torch, fastgauss
@@ -155,8 +151,8 @@ def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None,
         >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(data))
         >>> z = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1))
         >>> x, traj = fastgauss.sample_euler(g, z, fastgauss.edm_sigmas(18), return_trajectory=True)
-        >>> tuple(x.shape), traj["nfe"], tuple(traj["x"].shape)
-        ((8, 1, 4, 4), 18, (19, 8, 1, 4, 4))
+        >>> tuple(x.shape), traj.nfe, tuple(traj.x.shape), tuple(traj.denoised.shape)
+        ((8, 1, 4, 4), 18, (19, 8, 1, 4, 4), (18, 8, 1, 4, 4))
     """
     x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
                                 return_trajectory, "euler")
@@ -165,7 +161,7 @@ def sample_euler(denoiser, latents, sigmas, *, gaussian=None, switch_sigma=None,
         denoised = _call(denoiser, x, t_cur)
         nfe += 1
         x = x + (t_next - t_cur) * (x - denoised) / t_cur
-        trajectory.record(x, denoised, t_next)
+        trajectory.record(x, denoised)
     return trajectory.result(x, nfe)
 
 
@@ -177,8 +173,8 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
 
     Heun's trapezoidal correction wherever the next level is above 0; optional churn adds
     noise with gamma = min(S_churn / n, sqrt(2) - 1) for levels in [S_min, S_max].
-    Same arguments and return values as ``sample_euler`` ("denoised" holds D at each step's
-    first evaluation).
+    Same arguments and return values as ``sample_euler`` (the trajectory's "denoised" holds D at
+    each step's first evaluation: with churn, at the raised level of the noised state).
 
     Example (18 steps: 35 calls, within 5 % of the exact Gaussian flow; 64 steps: within 0.5 %):
         >>> import torch, fastgauss
@@ -188,7 +184,7 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
         >>> x, traj = fastgauss.sample_heun(g, z, fastgauss.edm_sigmas(18), return_trajectory=True)
         >>> exact = g.sample(z, torch.tensor([80.0, 0.0]))
         >>> rel = lambda a: float((a - exact).norm() / exact.norm())
-        >>> traj["nfe"], rel(x) < 0.05, rel(fastgauss.sample_heun(g, z, fastgauss.edm_sigmas(64))) < 0.005
+        >>> traj.nfe, rel(x) < 0.05, rel(fastgauss.sample_heun(g, z, fastgauss.edm_sigmas(64))) < 0.005
         (35, True, True)
     """
     x, sig, trajectory = _start(denoiser, latents, sigmas, gaussian, switch_sigma, data, report, tol,
@@ -210,7 +206,7 @@ def sample_heun(denoiser, latents, sigmas, *, S_churn: float = 0.0, S_min: float
             nfe += 1
             x_next = x + (t_next - t_hat) * (slope + slope_next) / 2
         x = x_next
-        trajectory.record(x, denoised, t_next)
+        trajectory.record(x, denoised)
     return trajectory.result(x, nfe)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._core.arrays import flatten_batch
+from .._core.device import require_device
 
 #: Default ``tol`` of ``switch_sigma="auto"``: how far the jump may move the final samples (RMSE
 #: per feature, in data units: pixels in [-1, 1]); it bounds the first-order end-point change E(s)
@@ -30,15 +31,16 @@ DEFAULT_TOL = 0.007
 def gaussian_jump(gaussian, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
     """x carried from sigma_from down to sigma_to by the Gaussian's exact probability flow.
 
-    gaussian: a ``GaussianDenoiser``; x: [B, *feature_shape] at level sigma_from > 0;
-    0 <= sigma_to <= sigma_from. Returns [B, *feature_shape] in x's dtype (computed in at
-    least float32, with float64 scale factors).
+    gaussian: a ``GaussianDenoiser``; x: [B, *feature_shape] at level sigma_from > 0, on the
+    Gaussian's device; 0 <= sigma_to <= sigma_from. Returns [B, *feature_shape] in x's dtype.
+    This is ``gaussian.flow(x, [sigma_from, sigma_to])`` (its dtype rule: the promotion of x's
+    and the eigenvectors' dtypes, at least float32, with float64 scale factors).
 
     Example:
         >>> import torch, fastgauss
         >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(torch.randn(200, 6)))
-        >>> x80 = 80.0 * torch.randn(3, 6)
-        >>> torch.allclose(gaussian_jump(g, x80, 80.0, 0.0), g.sample(x80 / 80.0, torch.tensor([80.0, 0.0])))
+        >>> z = torch.randn(3, 6)
+        >>> torch.equal(gaussian_jump(g, 80.0 * z, 80.0, 0.0), g.sample(z, torch.tensor([80.0, 0.0])))
         True
     """
     if not (math.isfinite(sigma_from) and sigma_from > 0):
@@ -49,18 +51,7 @@ def gaussian_jump(gaussian, x: torch.Tensor, sigma_from: float, sigma_to: float)
     if flat.shape[1] != gaussian.dim:
         raise ValueError(f"x: has {flat.shape[1]} features (shape {tuple(x.shape)}) but the Gaussian has "
                          f"{gaussian.dim} (feature shape {tuple(gaussian.feature_shape)})")
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    u = gaussian.eigvecs.to(device=x.device, dtype=dtype)
-    mu = gaussian.mean.to(device=x.device, dtype=dtype)
-    lam = gaussian.eigvals.to(device=x.device, dtype=torch.float64)
-    lam_rest = float(gaussian.lam_rest)
-    centred = flat.to(dtype) - mu
-    coeffs = centred @ u  # [B, r]
-    outside = centred - coeffs @ u.T
-    scale = torch.sqrt((lam + sigma_to**2) / (lam + sigma_from**2)).to(dtype)
-    scale_rest = math.sqrt((lam_rest + sigma_to**2) / (lam_rest + sigma_from**2))
-    out = mu + (coeffs * scale) @ u.T + scale_rest * outside
-    return out.reshape(x.shape).to(x.dtype)
+    return gaussian.flow(x, [float(sigma_from), float(sigma_to)])
 
 
 def switch_index(sigmas: list[float], switch_sigma: float) -> int:
@@ -197,13 +188,13 @@ def _check_end_points(choice: SwitchChoice, denoiser, gaussian, chosen: int, tol
     with torch.no_grad():
         reference, t = sample_heun(denoiser, z, torch.tensor(fine, dtype=torch.float64), return_trajectory=True)
         plain, p = run(denoiser, z, torch.tensor(sig, dtype=torch.float64), return_trajectory=True)
-        nfe = t["nfe"] + p["nfe"]
+        nfe = t.nfe + p.nfe
         plain_err = _per_sample_rmse(plain, reference)
         choice.checked = {}
         for i in range(chosen, 0, -1):
             jumped, j = run(denoiser, z, torch.tensor(sig, dtype=torch.float64), gaussian=gaussian, switch_sigma=sig[i],
                             return_trajectory=True)
-            nfe += j["nfe"]
+            nfe += j.nfe
             err = _per_sample_rmse(jumped, reference)
             choice.checked[sig[i]] = (err, plain_err)
             if err <= plain_err + tol:
@@ -238,8 +229,9 @@ def _contracted_mismatch(denoiser, gaussian, data, levels, n, generator):
     n = min(n, data.shape[0])
     y = data[torch.randperm(data.shape[0], generator=generator)[:n].to(data.device)]
     eps = torch.randn(y.shape, generator=generator, dtype=data.dtype).to(data.device)
-    u = gaussian.eigvecs.to(device=data.device, dtype=torch.float64)
-    lam = gaussian.eigvals.to(device=data.device, dtype=torch.float64)
+    require_device(data, "data", gaussian.mean.device, "the gaussian")  # never moved
+    u = gaussian.eigvecs.to(torch.float64)
+    lam = gaussian.eigvals.to(torch.float64)
     lam_rest = float(gaussian.lam_rest)
     rmse, weighted = [], []
     for s in levels:

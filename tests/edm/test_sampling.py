@@ -34,11 +34,16 @@ def test_closed_form_matches_the_float64_flow_endpoint():
     expected = ref.gaussian_flow_endpoint(latents * 80.0, 80.0, den.mean, den.eigvals, den.eigvecs)
     assert rel_err(den.sample(latents, sig), expected) < 1e-12
     final, traj = den.sample(latents, sig, return_trajectory=True)
-    assert traj["x"].shape == (19, 5, 7) and torch.equal(final, traj["x"][-1])
-    assert rel_err(traj["x"][0], latents * 80.0) < 1e-12
-    for i in (3, 10, 18):  # D at each level is the denoiser applied to x at that level
+    assert isinstance(traj, fastgauss.Trajectory) and traj.nfe == 0 and traj.jump is None
+    assert traj.x.shape == (19, 5, 7) and traj.denoised.shape == (18, 5, 7) and torch.equal(final, traj.x[-1])
+    assert traj.sigma.dtype == torch.float64 and torch.equal(traj.sigma, sig)
+    assert torch.equal(traj.x[0], latents * 80.0)  # the start is given, not reconstructed
+    for i in (0, 3, 10, 17):  # D at each level is the denoiser applied to x at that level
         # |x| / |D| reaches ~40 at high sigma: float64 rounding of x, magnified
-        assert rel_err(traj["denoised"][i], den(traj["x"][i], float(sig[i]))) < 1e-8
+        assert rel_err(traj.denoised[i], den(traj.x[i], float(sig[i]))) < 1e-8
+    for i in (1, 9, 18):  # every state is the float64 flow at its level
+        expected = ref.gaussian_flow(latents * 80.0, 80.0, float(sig[i]), den.mean, den.eigvals, den.eigvecs)
+        assert rel_err(traj.x[i], expected) < 1e-12
 
 
 @pytest.mark.parametrize("rank,remainder", [(None, "zero"), (3, "zero"), (3, "isotropic")])
@@ -64,7 +69,10 @@ def test_heun_is_more_accurate_than_euler_and_churn_is_reproducible():
     exact = den.sample(latents, sig)
     heun, traj = fastgauss.sample_heun(den, latents, sig, return_trajectory=True)
     assert rel_err(heun, exact) < rel_err(fastgauss.sample_euler(den, latents, sig), exact)
-    assert traj["x"].shape == (19, 3, 5) and traj["denoised"].shape == (18, 3, 5)
+    assert traj.x.shape == (19, 3, 5) and traj.denoised.shape == (18, 3, 5) and torch.equal(traj.x[-1], heun)
+    assert torch.equal(traj.sigma, sig) and traj.nfe == 35 and traj.jump is None
+    for i in (0, 7, 17):  # x[i] is the state at level i and D(x[i]; sigma[i]) the step's first evaluation
+        assert torch.equal(traj.denoised[i], den(traj.x[i], torch.full((3,), float(sig[i]), dtype=torch.float64)))
     churned = [fastgauss.sample_heun(den, latents, sig, S_churn=40, generator=torch.Generator().manual_seed(1))
                for _ in range(2)]
     assert torch.equal(churned[0], churned[1]) and not torch.equal(churned[0], heun)

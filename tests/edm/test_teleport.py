@@ -36,7 +36,14 @@ def test_jump_to_zero_is_the_closed_form_sample():
     den, g = _gaussian(d=6, rank=4, remainder="isotropic")
     latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(10)
-    assert rel_err(teleport.gaussian_jump(den, latents * 80.0, 80.0, 0.0), den.sample(latents, sig)) < 1e-12
+    expected = ref.gaussian_flow(latents * 80.0, 80.0, 0.0, den.mean, den.eigvals, den.eigvecs, float(den.lam_rest))
+    jumped = teleport.gaussian_jump(den, latents * 80.0, 80.0, 0.0)
+    assert rel_err(jumped, expected) < 1e-12 and rel_err(den.sample(latents, sig), expected) < 1e-12
+    # one implementation: the jump is the sample's flow, bit for bit, in float64 and in float32
+    assert torch.equal(jumped, den.sample(latents, sig))
+    den32, z32 = den.float(), latents.float()
+    assert torch.equal(teleport.gaussian_jump(den32, z32 * 80.0, 80.0, 0.0), den32.sample(z32, sig))
+    assert rel_err(den32.sample(z32, sig), expected) < 2e-6
 
 
 @pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
@@ -57,8 +64,8 @@ def test_with_the_gaussian_as_network_teleporting_changes_only_discretisation_er
     # Switching at the last level (or at 0) is the closed form itself, no network call.
     for s in (0.0, 0.001):
         final, traj = sampler(den, latents, sig, gaussian=den, switch_sigma=s, return_trajectory=True)
-        assert rel_err(final, exact) < 1e-12 and traj["nfe"] == 0
-        assert traj["jump"] == (80.0, 0.0)
+        assert rel_err(final, exact) < 1e-12 and traj.nfe == 0
+        assert traj.jump == (80.0, 0.0)
 
 
 def test_trajectory_records_the_jump_and_the_nfe():
@@ -68,15 +75,20 @@ def test_trajectory_records_the_jump_and_the_nfe():
     i = next(k for k, s in enumerate(sig.tolist()) if s <= 1.0)
     final, traj = fastgauss.sample_heun(den, latents, sig, gaussian=den, switch_sigma=1.0, return_trajectory=True)
     steps = 18 - i  # network steps left after the jump
-    assert traj["jump"] == (80.0, float(sig[i]))
-    assert traj["x"].shape == (steps + 2, 2, 5) and traj["denoised"].shape == (steps + 1, 2, 5)
-    assert torch.allclose(traj["sigma"], torch.cat([sig[:1], sig[i:]]))
-    assert traj["nfe"] == 2 * steps - 1
-    expected_jump = ref.gaussian_flow(latents * 80.0, 80.0, float(sig[i]), den.mean, den.eigvals, den.eigvecs)
-    assert rel_err(traj["x"][1], expected_jump) < 1e-12
-    assert torch.equal(traj["x"][-1], final)
+    assert traj.jump == (80.0, float(sig[i]))
+    # one format: every level of the schedule, the jumped ones included (the Gaussian's exact states there)
+    assert traj.x.shape == (19, 2, 5) and traj.denoised.shape == (18, 2, 5)
+    assert traj.sigma.dtype == torch.float64 and torch.equal(traj.sigma, sig)
+    assert traj.nfe == 2 * steps - 1
+    for j in range(1, i + 1):
+        expected = ref.gaussian_flow(latents * 80.0, 80.0, float(sig[j]), den.mean, den.eigvals, den.eigvecs)
+        assert rel_err(traj.x[j], expected) < 1e-12
+    for j in (0, i - 1, i, 17):  # the Gaussian's D below the jump, the network's (here the same map) after
+        level = torch.full((2,), float(sig[j]), dtype=torch.float64)
+        assert rel_err(traj.denoised[j], den(traj.x[j], level)) < 1e-8
+    assert torch.equal(traj.x[-1], final)
     _, plain = fastgauss.sample_heun(den, latents, sig, return_trajectory=True)
-    assert plain["nfe"] == 2 * 18 - 1 and "jump" not in plain
+    assert plain.nfe == 2 * 18 - 1 and plain.jump is None and plain.x.shape == traj.x.shape
 
 
 class _GaussianAbove(torch.nn.Module):
@@ -105,7 +117,7 @@ def test_auto_with_the_gaussian_as_network_jumps_to_the_closed_form(sampler):
     assert choice.sigma == 0.0 and max(choice.bound) < 1e-12 and choice.checked is not None
     out, traj = sampler(den, latents, sig, gaussian=den, switch_sigma="auto", data=_probes(den, g, 16), tol=1e-6,
                         return_trajectory=True)
-    assert traj["nfe"] == 0 and rel_err(out, den.sample(latents, sig)) < 1e-12
+    assert traj.nfe == 0 and rel_err(out, den.sample(latents, sig)) < 1e-12
 
 
 def test_auto_never_switches_below_where_the_network_leaves_the_gaussian():
@@ -171,7 +183,9 @@ def test_auto_on_a_memorizing_denoiser_stops_above_where_the_gaussian_fails():
     den = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(train))
     emp = fastgauss.EmpiricalDenoiser(train)
     sig = fastgauss.edm_sigmas(12).tolist()
-    choice = teleport.choose_switch(emp, den, sig, data=train, tol=0.02, probes=8)
+    # Seeded: the RMSE at sigma 3.7 is near the 0.1 line (0.06-0.12 over the global RNG's states).
+    choice = teleport.choose_switch(emp, den, sig, data=train, tol=0.02, probes=8,
+                                    generator=torch.Generator().manual_seed(0))
     failing = [s for s, r in zip(sig, choice.rmse) if r > 0.1]  # measured: the Gaussian does not hold there
     assert failing and choice.sigma > max(failing)
     err, plain = choice.checked[choice.sigma]

@@ -7,6 +7,7 @@ from torch import nn
 
 from . import _torch as et
 from ..._core.arrays import as_float, as_tensor, check_finite, probe_stack
+from ..._core.device import applied_device, require_device
 from ..._core.precision import check_precision
 from .op import PRECISIONS, _denoise, _queries, empirical_denoise, levels
 from .stream import _stream
@@ -16,12 +17,13 @@ from .training_set import TrainingSet
 class EmpiricalDenoiser(nn.Module):
     """The memorizing denoiser of a training set, by the denoiser protocol ``den(x, sigma)``.
 
-    data: [N, *feature_shape], left where it is: on the GPU, or in host memory, in which case
-    it streams to the queries' device chunk by chunk (pin it for faster copies). With
-    ``group=`` each rank holds a shard and results merge exactly across ranks (an
-    all-reduce per call; every rank must call with the same queries). device: where the work
-    runs ("cuda", "cuda:1", "cpu"; default: the queries' device): queries move there, the data
-    streams there chunk by chunk, results come back on the queries' device. A device this
+    data: [N, *feature_shape], left where it is. device: where the work runs ("cuda", "cuda:1",
+    "cpu"; default: the data's device). Queries must be on that device (``den.device``; a
+    mismatch is a ValueError, nothing is moved implicitly) and results are there; data held
+    elsewhere (host memory: pin it for faster copies) streams there chunk by chunk, because
+    ``device=`` asked for it. ``.to(device)`` moves the data and the work there, as for a
+    buffer. With ``group=`` each rank holds a shard and results merge exactly across ranks (an
+    all-reduce per call; every rank must call with the same queries). A device this
     machine lacks is a ValueError. In-place changes to ``data`` are seen at the next call
     (caches follow the tensor's version); NaN written into it then is a ValueError.
 
@@ -39,6 +41,17 @@ class EmpiricalDenoiser(nn.Module):
         self.precision = precision
 
     @property
+    def device(self) -> torch.device:
+        """Where the work runs: queries must be there."""
+        return self.data.device
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .double(): the data moves as a buffer would, and the work follows it
+        target = applied_device(fn, self.data.device)
+        self.data.source, self.data.device = fn(self.data.source), target  # caches follow the new tensor
+        return super()._apply(fn, *args, **kwargs)
+
+    @property
     def feature_shape(self) -> tuple[int, ...]:
         return self.data.feature_shape
 
@@ -54,19 +67,19 @@ class EmpiricalDenoiser(nn.Module):
     def score(self, x, sigma) -> torch.Tensor:
         """(D(x; sigma) - x) / sigma^2."""
         x = as_float(as_tensor(x, "x"))
+        denoised = self.forward(x, sigma)  # checks x's device first
         s = levels(sigma, x.shape[0], x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-        return (self.forward(x, sigma) - x) / s**2
+        return (denoised - x) / s**2
 
     def jvp(self, x, sigma, v) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, J v) from one pass over the data; v: [B, *feature_shape] or [K, B, *feature_shape].
 
         J v = sum_i w_i (y_i - D)((y_i - D) . v) / sigma^2 (J = dD/dx, symmetric), accumulated
         around the running weighted mean, with the near ties re-scored in float64 (see
-        ``empirical_denoise``). Results are on x's device.
+        ``empirical_denoise``). x and v must be on ``device``.
         """
-        home = x.device if isinstance(x, torch.Tensor) else None
         x, flat, s = _queries(x, sigma, self.data)
-        v, probes = probe_stack(v, x)
+        v, probes = probe_stack(v, x, owner="this EmpiricalDenoiser")
         check_finite(v, "v")
         if flat.shape[0] == 0:
             return x.clone(), v.clone()
@@ -75,8 +88,8 @@ class EmpiricalDenoiser(nn.Module):
         denoised, jv, _ = et.finish(part, s.to(part.mu.dtype), vk.to(part.mu.dtype))
         denoised = (denoised + self.data.center.to(denoised)).to(x.dtype).reshape(x.shape)
         jv = jv.to(x.dtype).reshape(v.shape)
-        return (denoised, jv) if home is None else (denoised.to(home), jv.to(home))
+        return denoised, jv
 
     def extra_repr(self) -> str:
-        return (f"N={self.data.n}, feature_shape={self.feature_shape}, device={self.data.source.device}, "
+        return (f"N={self.data.n}, feature_shape={self.feature_shape}, device={self.device}, "
                 f"precision={self.precision!r}, sharded={self.data.group is not None}")

@@ -10,7 +10,8 @@ import torch
 
 from . import _torch as et
 from ..._core import precision as precisions
-from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
+from ..._core.device import require_device, same_device
 from ..._core.dtypes import compute_dtype
 from ..._core.sigma import per_sample
 from .precision import error_bound
@@ -80,12 +81,10 @@ def levels(sigma, batch: int, device, dtype) -> torch.Tensor:
     return per_sample(sigma, batch, device=device, dtype=dtype, positive=True, hint=ZERO_HINT)
 
 
-def _queries(x, sigma, data: TrainingSet):
-    """(x as a float tensor on the compute device, its rows [B, d], sigma [B]) checked against the
-    training set."""
-    x = as_float(as_tensor(x, "x"))
-    if data.device is not None:
-        x = x.to(data.device)
+def _queries(x, sigma, data: TrainingSet, owner: str = "this EmpiricalDenoiser"):
+    """(x as a float tensor, its rows [B, d], sigma [B]) checked against the training set; x must be
+    on the compute device (never moved there)."""
+    x = require_device(as_float(as_tensor(x, "x")), "x", data.device, owner)
     flat = flatten_batch(x, "x")
     if flat.shape[1] != data.dim:
         raise ValueError(f"x: has {flat.shape[1]} features (shape {tuple(x.shape)}) but the training set has "
@@ -95,20 +94,20 @@ def _queries(x, sigma, data: TrainingSet):
     return x, flat, s
 
 
-def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
+def _denoise(x, sigma, data: TrainingSet, precision: str, owner: str = "this EmpiricalDenoiser") -> torch.Tensor:
     precisions.check_precision(precision, PRECISIONS, "the empirical denoiser")
-    home = x.device if isinstance(x, torch.Tensor) else None
-    x, flat, s = _queries(x, sigma, data)
+    x, flat, s = _queries(x, sigma, data, owner)
     if flat.shape[0] == 0:
         return x.clone()
-    out = _EmpiricalDenoise.apply(flat, s, data, precision).reshape(x.shape)
-    return out if home is None else out.to(home)
+    return _EmpiricalDenoise.apply(flat, s, data, precision).reshape(x.shape)
 
 
 def empirical_denoise(x, sigma, data, *, precision: str = "ieee") -> torch.Tensor:
     """Optimal denoiser for the training set ``data`` (the memorizing denoiser).
 
-    x: [B, *feature_shape]; sigma: a float, 0-d tensor or [B] values, > 0; data: [N, *feature_shape].
+    x: [B, *feature_shape]; sigma: a float, 0-d tensor or [B] values, > 0; data: [N, *feature_shape]
+    on x's device (a mismatch is a ValueError: nothing is moved; to stream host data to a GPU, ask
+    for it with ``EmpiricalDenoiser(data, device=...)``).
     precision: "ieee" (exact fp32 products, default), "tf32", "bf16" (CUDA kernel modes) or
       "auto" (the fastest mode whose error bound keeps every weight within 1e-4 relative).
     Returns [B, *feature_shape]. Streams the data in chunks: memory O(B d + N d), never O(B N).
@@ -130,4 +129,6 @@ def empirical_denoise(x, sigma, data, *, precision: str = "ieee") -> torch.Tenso
         >>> fastgauss.empirical_denoise(data[:2] + 1e-3, 0.002, data).sub(data[:2]).abs().max() < 1e-5
         tensor(True)
     """
-    return _denoise(x, sigma, TrainingSet(data), precision)
+    x, data = as_float(as_tensor(x, "x")), as_float(as_tensor(data, "data"))
+    same_device(("x", x), ("data", data))  # never moved
+    return _denoise(x, sigma, TrainingSet(data), precision, owner="x")

@@ -18,7 +18,8 @@ class TrainingSet:
     data: [N, *feature_shape], never copied as a whole: host memory is streamed chunk by
     chunk to the compute device, a layout that is not a flat view is flattened chunk by
     chunk. group: a torch.distributed group whose ranks each hold a shard; their partial
-    results merge exactly. device: where the work runs (None: the queries' device).
+    results merge exactly. device: where the work runs (None: the data's device); queries must be
+    there, and rows elsewhere stream there chunk by chunk because ``device`` asked for it.
 
     The centre, the row norms and the largest norm are cached against the data tensor's
     identity and version (``_version``, which every in-place change bumps), so after
@@ -38,7 +39,7 @@ class TrainingSet:
         self.dim = math.prod(self.feature_shape)
         self.group = group
         self.chunk_rows = chunk_rows
-        self.device = None if device is None else check_device(device)
+        self.device = data.device if device is None else check_device(device)  # where the work runs
         if data.shape[0] == 0 and group is None:
             raise ValueError("data: the training set is empty")
         self.last_precision: str | None = None

@@ -9,10 +9,13 @@ import torch
 from torch import nn
 
 from . import _torch as gt
+from . import flow as gflow
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable, probe_stack
+from ..._core.device import require_device
 from ..._core.dtypes import compute_dtype
 from ..._core.precision import check_precision
-from ..._core.sigma import check_levels, levels_tensor
+from ..._core.sigma import check_levels, levels_tensor, schedule
+from ..._core.trajectory import Trajectory
 from .op import PRECISIONS, denoise_validated, normalize_sigma
 from .validation import validate_gaussian
 from ..moments.op import Moments
@@ -147,6 +150,9 @@ class GaussianDenoiser(nn.Module):
     def forward(self, x, sigma, *, output: str = "denoised", precision: str | None = None) -> torch.Tensor:
         """D(x; sigma): [B, *feature_shape] (or [T, B, ...] for a 2-D sigma).
 
+        x must be on the module's device (``.to()`` moves the module): a mismatch is a ValueError,
+        nothing is moved implicitly.
+
         A batch that shares one sigma may take the operator route: one cached d x d matrix
         W = U diag(w - a) U^T per sigma, one product instead of two. It is chosen when it does
         fewer flops counting the build (2 B d^2 + 2 d^2 r against 4 B d r: large batches with
@@ -183,7 +189,7 @@ class GaussianDenoiser(nn.Module):
         kernel with a zero mean (J v = D_0(v) for the centred denoiser).
         """
         x = self._check_input(x)
-        v, probes = probe_stack(v, x)
+        v, probes = probe_stack(v, x, owner="this GaussianDenoiser")
         denoised = self.forward(x, sigma, precision=precision)
         grid, multi = normalize_sigma(sigma, x.shape[0], x.device,
                                       torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -197,40 +203,51 @@ class GaussianDenoiser(nn.Module):
 
     # ----------------------------------------------------------------- sampling
     def sample(self, latents, sigmas, *, return_trajectory: bool = False):
-        """Exact probability-flow ODE solution from ``latents * sigmas[0]``, no ODE error.
+        """Exact probability-flow ODE solution from ``latents * sigmas[0]``, no ODE error: ``flow``.
 
-        latents: [B, *feature_shape] unit Gaussian noise; sigmas: [n + 1] decreasing, ending
-        in 0 (as ``edm_sigmas`` returns). With sigma_T = sigmas[0] and c = U^T (x_T - mu):
-        x_sigma = mu + U (sqrt((lambda + sigma^2) / (lambda + sigma_T^2)) c) + the part of
-        x_T - mu outside span(U) scaled by sqrt((lam_rest + sigma^2) / (lam_rest + sigma_T^2)).
-        Returns the final samples [B, ...]; with ``return_trajectory`` also a dict with
-        "x" [n + 1, B, ...] (x at every sigma) and "denoised" [n + 1, B, ...] (D(x_sigma; sigma)).
+        latents: [B, *feature_shape] unit Gaussian noise on the module's device; sigmas: [L]
+        levels >= 0, the first > 0 (``edm_sigmas``; numbers, any device). Returns the samples at
+        sigmas[-1] [B, ...] in the latents' dtype, or (samples, ``Trajectory``) with
+        ``return_trajectory``: x [L, B, ...], D(x_sigma; sigma) [L - 1, B, ...], nfe 0.
+
+        Example:
+            >>> import torch, fastgauss
+            >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(torch.randn(200, 6)))
+            >>> x, traj = g.sample(torch.randn(3, 6), fastgauss.edm_sigmas(4), return_trajectory=True)
+            >>> tuple(traj.x.shape), tuple(traj.denoised.shape), torch.equal(traj.x[-1], x)
+            ((5, 3, 6), (4, 3, 6), True)
         """
-        latents = self._check_input(latents)
-        sig = as_float(as_tensor(sigmas, "sigmas")).to(device=latents.device, dtype=torch.float64).reshape(-1)
-        if sig.numel() < 1 or not torch.isfinite(sig).all() or (sig < 0).any() or sig[0] <= 0:
-            raise ValueError("sigmas: expected finite values >= 0 starting with sigma_max > 0")
-        dtype = compute_dtype(latents.dtype, self.eigvecs.dtype)
-        u, lam, mu = self.eigvecs.to(dtype), self.eigvals.to(torch.float64), self.mean.to(dtype)
-        lam_rest = self.lam_rest.to(torch.float64)
-        x_t = flatten_batch(latents, "latents").to(dtype) * float(sig[0])  # EDM: start at latents * sigma_max
-        coeffs = (x_t - mu) @ u  # [B, r]: the one projection
-        outside = (x_t - mu) - coeffs @ u.T
-        levels = sig if return_trajectory else sig[-1:]
-        scale = torch.sqrt((lam + levels[:, None] ** 2) / (lam + sig[0] ** 2)).to(dtype)  # [L, r]
-        scale_rest = torch.sqrt((lam_rest + levels**2) / (lam_rest + sig[0] ** 2)).to(dtype)  # [L]
-        if return_trajectory:
-            shrink = gt.shrink(lam, levels[:, None]).to(dtype)  # D at each level
-            shrink_rest = gt.shrink(lam_rest, levels).to(dtype)
-            both = torch.cat([scale, scale * shrink])  # [2L, r]: x and D from one reconstruction
-            recon = (coeffs[None] * both[:, None]) @ u.T
-            rest = torch.cat([scale_rest, scale_rest * shrink_rest])[:, None, None] * outside
-            xs, ds = (mu + recon + rest).split(levels.numel())
-            shape = (levels.numel(), *latents.shape)
-            xs, ds = xs.reshape(shape).to(latents.dtype), ds.reshape(shape).to(latents.dtype)
-            return xs[-1], {"x": xs, "denoised": ds, "sigma": sig}
-        final = mu + (coeffs * scale[0]) @ u.T + scale_rest[0] * outside
-        return final.reshape(latents.shape).to(latents.dtype)
+        latents = self._check_input(latents, "latents")
+        sig = schedule(sigmas)
+        start = latents.to(compute_dtype(latents.dtype, self.eigvecs.dtype)) * sig[0]  # EDM: latents * sigma_max
+        out = self.flow(start, sig, return_trajectory=return_trajectory, name="latents")
+        if not return_trajectory:
+            return out.to(latents.dtype)
+        traj = out[1]._replace(x=out[1].x.to(latents.dtype), denoised=out[1].denoised.to(latents.dtype))
+        return traj.x[-1], traj
+
+    def flow(self, x, sigmas, *, return_trajectory: bool = False, name: str = "x"):
+        """x at level sigmas[0] carried by the exact probability flow to sigmas[-1] (one projection).
+
+        x: [B, *feature_shape] on the module's device; sigmas: [L] levels >= 0, the first > 0. The
+        formula and the dtype rule (x's and U's promotion, >= float32; x's dtype back): ``ops.gaussian.flow``.
+        Returns [B, ...], or (that, ``Trajectory``). Teleportation's ``gaussian_jump`` is this method.
+
+        Example:
+            >>> import torch, fastgauss
+            >>> g = fastgauss.GaussianDenoiser.from_moments(fastgauss.Moments().update(torch.randn(200, 6)))
+            >>> g.flow(80.0 * torch.randn(3, 6), [80.0, 1.0]).shape
+            torch.Size([3, 6])
+        """
+        x = self._check_input(x, name)
+        sig = schedule(sigmas)
+        states, ds = gflow.exact_flow(flatten_batch(x, name), sig, self.mean, self.eigvals, self.eigvecs,
+                                      self.lam_rest, every=return_trajectory, denoised=return_trajectory)
+        if not return_trajectory:
+            return states[-1].reshape(x.shape)
+        traj = Trajectory(states.reshape(len(sig), *x.shape), ds.reshape(len(sig) - 1, *x.shape),
+                          torch.tensor(sig, dtype=torch.float64), 0, None)
+        return traj.x[-1], traj
 
     # ----------------------------------------------------------- operator route
     def _shared_level(self, x: torch.Tensor, sigma) -> float | None:
@@ -310,13 +327,13 @@ class GaussianDenoiser(nn.Module):
             self._bases[dtype] = (key, kernel_basis(self.eigvecs, precision))
         return self._bases[dtype][1]
 
-    def _check_input(self, x) -> torch.Tensor:
-        x = as_float(as_tensor(x, "x"))
+    def _check_input(self, x, name: str = "x") -> torch.Tensor:
+        x = as_float(as_tensor(x, name))
         d = math.prod(x.shape[1:]) if x.dim() >= 2 else None
         if x.dim() < 2 or d != self.dim:
-            raise ValueError(f"x: expected [B, *feature_shape] with {self.dim} features (feature shape "
+            raise ValueError(f"{name}: expected [B, *feature_shape] with {self.dim} features (feature shape "
                              f"{self.feature_shape}), got shape {tuple(x.shape)}")
-        return x.to(self.mean.device)
+        return require_device(x, name, self.mean.device, "this GaussianDenoiser")  # never moved
 
     def _apply(self, fn, *args, **kwargs):
         self._operators.clear()  # cached operators and bases belong to the old device / dtype

@@ -12,6 +12,7 @@ from ..._core import precision as precisions
 from ..._core.backend import backend_for
 from ..._core.dtypes import compute_dtype
 from ..._core.sigma import check_levels, levels_tensor, shape_error
+from ..._core.device import same_device
 from .validation import validated_once
 
 PRECISIONS = precisions.GAUSSIAN
@@ -145,7 +146,8 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
     """Optimal denoiser of N(mean, U diag(eigvals) U^T): mean + U diag(w) U^T (x - mean).
 
     x: [B, *feature_shape] (d features); mean: [d] (or feature_shape); eigvecs U: [d, r]
-    orthonormal columns; eigvals: [r] >= 0; w_k = eigvals_k / (eigvals_k + sigma_b^2).
+    orthonormal columns; eigvals: [r] >= 0; w_k = eigvals_k / (eigvals_k + sigma_b^2). All on one
+    device (a mismatch is a ValueError: nothing is moved implicitly).
     sigma: a float, a 0-d tensor, [B] (per sample), or [B, T] / [1, T] for T levels at once
       (one projection for all of them). >= 0; at 0 a direction with eigenvalue 0 maps to mean.
     remainder: eigenvalue given to the d - r directions outside span(U) (0: they map to mean).
@@ -165,8 +167,9 @@ def gaussian_denoise(x, sigma, mean, eigvecs, eigvals, *, remainder: float = 0.0
     """
     x = as_float(as_tensor(x, "x"))
     d = flatten_batch(x, "x").shape[1]
-    mean, eigvecs, eigvals = (as_float(as_tensor(t, name)).to(x.device) for t, name in
+    mean, eigvecs, eigvals = (as_float(as_tensor(t, name)) for t, name in
                               ((mean, "mean"), (eigvecs, "eigvecs"), (eigvals, "eigvals")))
+    same_device(("x", x), ("mean", mean), ("eigvecs", eigvecs), ("eigvals", eigvals))  # never moved
     validated_once(mean, eigvecs, eigvals, d)
     eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
     if not (math.isfinite(remainder) and remainder >= 0):

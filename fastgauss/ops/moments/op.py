@@ -9,6 +9,7 @@ import torch
 
 from ..._core import precision as precisions
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core.device import require_device
 from .products import PRODUCT_ROUNDING, ROUNDING_FACTOR, _CONSERVATIVE, _gram_accumulate, _upper_to_symmetric, _worst
 from .state import restored, state_of
 
@@ -83,6 +84,13 @@ class Moments:
     @property
     def device(self) -> torch.device | None:
         return None if self._mean is None else self._mean.device
+
+    def to(self, device) -> Moments:
+        """Moves the accumulated state to ``device`` (nothing else moves it); returns self."""
+        for name in ("_mean", "_scatter", "_cross_mean", "_cross_scatter"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
 
     @property
     def mean(self) -> torch.Tensor:
@@ -176,13 +184,12 @@ class Moments:
             self._check_features("z", z.shape[1:], self.cross_feature_shape)
             if z_flat.shape[0] != x_flat.shape[0]:
                 raise ValueError(f"z: batch size {z_flat.shape[0]} differs from x's {x_flat.shape[0]}")
-            if z_flat.device != x_flat.device:
-                raise ValueError(f"z: on {z_flat.device} but x is on {x_flat.device}")
+            require_device(z_flat, "z", x_flat.device, "x")
         if self.paired is not None and self.paired != (z is not None):
             raise ValueError("z: this Moments was updated " + ("with" if self.paired else "without")
                              + " paired z before; every update must do the same")
-        if self.device is not None and x_flat.device != self.device:
-            raise ValueError(f"x: on {x_flat.device} but the accumulated state is on {self.device}")
+        if self.device is not None:
+            require_device(x_flat, "x", self.device, "this Moments' state")
         if x_flat.shape[0] == 0:
             return self
         check_finite(x_flat, "x")
@@ -237,17 +244,17 @@ class Moments:
                 raise ValueError(f"other: {name} {theirs} do not match this accumulator's {mine}")
         if self.count and self.paired != other.paired:
             raise ValueError("other: one accumulator holds paired (x, z) moments and the other does not")
-        device = self.device or other.device
         if self.count == 0:
-            self._allocate(other.feature_shape, other.cross_feature_shape, device)
+            self._allocate(other.feature_shape, other.cross_feature_shape, self.device or other.device)
+        require_device(other._mean, "other", self.device, "this Moments' state")
         n_a, n_b = self.count, other.count
         n = n_a + n_b
-        delta = other._mean.to(device) - self._mean
-        self._scatter += other._scatter.to(device)
+        delta = other._mean - self._mean
+        self._scatter += other._scatter
         self._scatter.addr_(delta, delta, alpha=n_a * n_b / n)
         if self.paired:
-            z_delta = other._cross_mean.to(device) - self._cross_mean
-            self._cross_scatter += other._cross_scatter.to(device)
+            z_delta = other._cross_mean - self._cross_mean
+            self._cross_scatter += other._cross_scatter
             self._cross_scatter.addr_(z_delta, delta, alpha=n_a * n_b / n)
             self._cross_mean += z_delta * (n_b / n)
         self._mean += delta * (n_b / n)

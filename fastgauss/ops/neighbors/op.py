@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch
+from ..._core.device import same_device
 from ..._core import rows as _rows
 from ..._core.backend import backend_for
 
@@ -189,8 +190,8 @@ def _exact_rerank(x: torch.Tensor, data: torch.Tensor, cand: torch.Tensor, k: in
 def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest training points of each query by Euclidean distance, exactly.
 
-    x: [B, *feature_shape]; data: [N, *feature_shape] (may live in host memory: it streams
-    to x's device in chunks). Returns (distances [B, k], indices [B, k] int64), nearest first,
+    x: [B, *feature_shape]; data: [N, *feature_shape] on x's device (a mismatch is a ValueError:
+    nothing is moved implicitly; it streams in chunks). Returns (distances [B, k], indices [B, k] int64), nearest first,
     ties broken by the lower index: the same as a float64 brute force.
 
     Candidates come from fp32 keys |y - c|^2 - 2 (x - c).y (c: the data's mean; the centred
@@ -211,6 +212,7 @@ def nearest_neighbors(x, data, k: int = 2, *, margin: int = 8) -> tuple[torch.Te
     """
     x = as_float(as_tensor(x, "x"))
     data = as_float(as_tensor(data, "data"))
+    same_device(("x", x), ("data", data))  # never moved
     if data.dim() < 2 or data.shape[0] == 0:
         raise ValueError(f"data: expected a non-empty [N, *feature_shape], got shape {tuple(data.shape)}")
     flat_x, flat_data = flatten_batch(x, "x"), flatten_batch(data, "data")
@@ -250,6 +252,7 @@ def gl_score(samples, data) -> float:
     True
     """
     samples = as_float(as_tensor(samples, "samples"))
+    same_device(("samples", samples), ("data", as_tensor(data, "data")))
     dist, _ = nearest_neighbors(samples, data, k=1)
     norms = flatten_batch(samples, "samples").to(dist.dtype).norm(dim=1)
     if (norms == 0).any():
@@ -272,6 +275,7 @@ def memorization_ratio(samples, data, threshold: float = 1 / 3) -> float:
     if n < 2:
         raise ValueError(f"data: memorization_ratio compares each sample's nearest and second-nearest training "
                          f"points, so it needs at least 2 of them, got N = {n}")
+    same_device(("samples", as_tensor(samples, "samples")), ("data", as_tensor(data, "data")))
     dist, _ = nearest_neighbors(samples, data, k=2)
     ratio = dist[:, 0] / dist[:, 1].clamp_min(torch.finfo(dist.dtype).tiny)
     return float((ratio < threshold).double().mean())
