@@ -16,7 +16,8 @@ def _gaussian(d=6, rank=None, remainder="zero", seed=0):
     a = torch.randn(d, d, generator=g, dtype=torch.float64)
     cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
     mean = torch.randn(d, generator=g, dtype=torch.float64)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, remainder=remainder, dtype=torch.float64)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64,
+                                                     lam_rest=0.0 if remainder == "zero" else remainder)
     return den, g
 
 

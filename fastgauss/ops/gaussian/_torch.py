@@ -1,6 +1,6 @@
 """PyTorch formulas of the Gaussian denoiser: the CPU product path and every derivative.
 
-Shapes: x [B, d], sigma [B, T], mean [d], eigvecs U [d, r], eigvals lam [r], lam_rest a
+Shapes: x [B, d], sigma [B, T], mean [d], eigvals lam [r], eigvecs U [d, r], lam_rest a
 0-d tensor (0: directions outside span(U) map to mu). Per level t and row b, with
 s = sigma[b, t], w_k = lam_k / (lam_k + s^2) and a = lam_rest / (lam_rest + s^2):
 
@@ -42,7 +42,7 @@ def level_weights(sigma: torch.Tensor, lam: torch.Tensor, lam_rest: torch.Tensor
     return shrink(lam, s) - base, base
 
 
-def apply_operator(v: torch.Tensor, sigma: torch.Tensor, eigvecs: torch.Tensor, lam: torch.Tensor,
+def apply_operator(v: torch.Tensor, sigma: torch.Tensor, lam: torch.Tensor, eigvecs: torch.Tensor,
                    lam_rest: torch.Tensor) -> torch.Tensor:
     """J_t v_t for v: [T, B, d] (or [B, d], applied at every level) -> [T, B, d]."""
     weight, base = level_weights(sigma, lam, lam_rest)  # [B, T, r], [B, T, 1]
@@ -59,7 +59,7 @@ def moved_to_output(moved: torch.Tensor, x: torch.Tensor, sigma_tb: torch.Tensor
     return -moved / sigma_tb
 
 
-def denoise(x, sigma, mean, eigvecs, lam, lam_rest, output: str) -> torch.Tensor:
+def denoise(x, sigma, mean, lam, eigvecs, lam_rest, output: str) -> torch.Tensor:
     """Chunked over rows; returns [T, B, d] in the dtype of the computation.
 
     Per level one fused product: out_t = bias_t + (C * (w_t - a_t)) @ U^T (torch.addmm), where
@@ -91,7 +91,7 @@ def denoise(x, sigma, mean, eigvecs, lam, lam_rest, output: str) -> torch.Tensor
     return out
 
 
-def sigma_derivative(x, sigma, mean, eigvecs, lam, lam_rest, output: str, moved: torch.Tensor) -> torch.Tensor:
+def sigma_derivative(x, sigma, mean, lam, eigvecs, lam_rest, output: str, moved: torch.Tensor) -> torch.Tensor:
     """d output / d sigma_bt: [T, B, d]. ``moved`` is D - x from the forward pass, [T, B, d]."""
     centred = x - mean
     s = sigma[..., None]  # [B, T, 1]
@@ -107,9 +107,9 @@ def sigma_derivative(x, sigma, mean, eigvecs, lam, lam_rest, output: str, moved:
     return -d_denoised / s_tb + moved / s_tb**2  # eps = (x - D) / s
 
 
-def jacobian_product(v, x, sigma, eigvecs, lam, lam_rest, output: str) -> torch.Tensor:
+def jacobian_product(v, x, sigma, lam, eigvecs, lam_rest, output: str) -> torch.Tensor:
     """d output / dx applied to v ([B, d] or [T, B, d]); returns [T, B, d]."""
-    jv = apply_operator(v, sigma, eigvecs, lam, lam_rest)
+    jv = apply_operator(v, sigma, lam, eigvecs, lam_rest)
     if output == "denoised":
         return jv
     s_tb = sigma.T[..., None]

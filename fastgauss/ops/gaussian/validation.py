@@ -1,4 +1,4 @@
-"""Validation of a Gaussian (mean, eigenvectors, eigenvalues), and a cache of those already validated.
+"""Validation of a Gaussian (mean, eigenvalues, eigenvectors), and a cache of those already validated.
 
 The public op validates its Gaussian on every call (shapes, finiteness, eigenvalues >= 0, orthonormal
 eigenvectors: O(d r) work, most of the op's Python overhead at small batches). ``validated_once``
@@ -21,34 +21,46 @@ CACHE_ENTRIES = 8
 _validated: OrderedDict = OrderedDict()
 
 
-def validated_once(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int) -> None:
+ORDER = "(mean, eigvals, eigvecs)"
+
+
+def validated_once(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int) -> None:
     """``validate_gaussian``, skipped for a triple of tensors validated before and unchanged since."""
-    tensors = (mean, eigvecs, eigvals)
+    tensors = (mean, eigvals, eigvecs)
     if not all(inspectable(t) for t in tensors):  # inside torch.func: validate as usual, cache nothing
-        validate_gaussian(mean, eigvecs, eigvals, d)
+        validate_gaussian(mean, eigvals, eigvecs, d)
         return
     key = (d, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
     refs = _validated.get(key)
     if refs is not None and all(r() is t for r, t in zip(refs, tensors)):
         _validated.move_to_end(key)
         return
-    validate_gaussian(mean, eigvecs, eigvals, d)
+    validate_gaussian(mean, eigvals, eigvecs, d)
     _validated[key] = tuple(weakref.ref(t) for t in tensors)
     while len(_validated) > CACHE_ENTRIES:
         _validated.popitem(last=False)
 
 
-def validate_gaussian(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int | None = None):
-    """ValueError unless mean: [d], eigvecs: [d, r], eigvals: [r] >= 0 (to rounding), all finite."""
+def validate_gaussian(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int | None = None):
+    """ValueError unless mean: [d], eigvals: [r] >= 0 (to rounding), eigvecs: [d, r], all finite.
+
+    A Gaussian is passed as (mean, eigvals, eigvecs) everywhere; the shape errors say so, so that
+    eigenvectors passed where the eigenvalues belong (or the reverse) are named as such.
+    """
     d = mean.numel() if d is None else d
     if mean.numel() != d:
         raise ValueError(f"mean: has {mean.numel()} features but x has {d}")
+    if eigvals.dim() != 1:
+        raise ValueError(f"eigvals: expected shape [r] (a Gaussian is passed as {ORDER}), got "
+                         f"{tuple(eigvals.shape)}" + (": are these the eigenvectors?" if eigvals.dim() == 2 else ""))
     if eigvecs.dim() != 2 or eigvecs.shape[0] != d:
-        raise ValueError(f"eigvecs: expected shape [{d}, r], got {tuple(eigvecs.shape)}")
+        raise ValueError(f"eigvecs: expected shape [{d}, r] (a Gaussian is passed as {ORDER}), got "
+                         f"{tuple(eigvecs.shape)}" + (": are these the eigenvalues?" if eigvecs.dim() == 1 else ""))
     r = eigvecs.shape[1]
     if eigvals.shape != (r,):
-        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}], got {tuple(eigvals.shape)}")
-    for name, t in (("mean", mean), ("eigvecs", eigvecs), ("eigvals", eigvals)):
+        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}] (a Gaussian is passed as "
+                         f"{ORDER}), got {tuple(eigvals.shape)}")
+    for name, t in (("mean", mean), ("eigvals", eigvals), ("eigvecs", eigvecs)):
         check_finite(t, name)
     if r and eigvals.min() < -1e-6 * max(eigvals.abs().max().item(), 1e-30):
         raise ValueError(f"eigvals: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
