@@ -59,12 +59,19 @@ def moved_to_output(moved: torch.Tensor, x: torch.Tensor, sigma_tb: torch.Tensor
     return -moved / sigma_tb
 
 
-def denoise(x, sigma, mean, lam, eigvecs, lam_rest, output: str) -> torch.Tensor:
+def _shrink_values(lam: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``shrink`` in two fewer passes, for the forward only (not differentiable: 0/0 is a NaN
+    replaced in place; lam <= lam + sigma^2 keeps every other ratio finite). Bit-identical."""
+    return (lam / (lam + sigma * sigma)).nan_to_num_(nan=0.0)
+
+
+def denoise(x, sigma, mean, lam, eigvecs, lam_rest, output: str, *, on_coeffs=None) -> torch.Tensor:
     """Chunked over rows; returns [T, B, d] in the dtype of the computation.
 
     Per level one fused product: out_t = bias_t + (C * (w_t - a_t)) @ U^T (torch.addmm), where
     C = (x - mu) U is computed once for all levels and bias_t is mu + a_t (x - mu) for D, or
-    (a_t - 1)(x - mu) for the score and eps, which are then scaled in place.
+    (a_t - 1)(x - mu) for the score and eps, which are then scaled in place. ``on_coeffs``: called
+    with each chunk's C before it is used (the op's finiteness check of x).
     """
     n, d = x.shape
     levels = sigma.shape[1]
@@ -72,19 +79,28 @@ def denoise(x, sigma, mean, lam, eigvecs, lam_rest, output: str) -> torch.Tensor
     per_row = x.element_size() * (levels * r + 2 * d + 2 * r)
     rows = max(1, _MEMORY_BUDGET_BYTES // per_row)
     out = torch.empty((levels, n, d), dtype=x.dtype, device=x.device)
-    has_rest = bool(lam_rest != 0)
+    has_rest = float(lam_rest) != 0
+    u_t = eigvecs.T
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        centred = x[start:stop] - mean
+        centred = (x[start:stop] if rows < n else x) - mean
         coeffs = centred @ eigvecs
-        weight, base = level_weights(sigma[start:stop], lam, lam_rest, has_rest)  # [b, T, r], [b, T, 1]
+        if on_coeffs is not None:
+            on_coeffs(coeffs)
+        s = (sigma[start:stop] if rows < n else sigma)[..., None]  # [b, T, 1]
+        weight = _shrink_values(lam, s)  # [b, T, r]
+        if has_rest:
+            base = _shrink_values(lam_rest, s)  # [b, T, 1]
+            weight -= base
         for t in range(levels):
             if output == "denoised":
                 bias = mean + base[:, t] * centred if has_rest else mean
             else:
-                bias = (base[:, t] - 1) * centred
-            target = out[t, start:stop]
-            torch.addmm(bias, coeffs * weight[:, t], eigvecs.T, out=target)
+                bias = (base[:, t] - 1) * centred if has_rest else -centred
+            # One level: scale C in place (it is not needed again).
+            scaled = coeffs.mul_(weight[:, 0]) if levels == 1 else coeffs * weight[:, t]
+            target = out[t, start:stop] if rows < n else out[t]
+            torch.addmm(bias, scaled, u_t, out=target)
             if output != "denoised":
                 s_t = sigma[start:stop, t:t + 1]
                 target.div_(s_t * s_t) if output == "score" else target.div_(-s_t)

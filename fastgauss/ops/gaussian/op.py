@@ -9,7 +9,9 @@ import torch
 from . import _torch as gt
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
 from ..._core.backend import backend_for
-from .validation import validated_once
+from torch.autograd.forward_ad import unpack_dual
+
+from .validation import reaches_every_coordinate, validated_once
 
 PRECISIONS = ("ieee", "tf32", "bf16")
 OUTPUTS = gt.OUTPUTS
@@ -25,29 +27,49 @@ def _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, b
                    output=output, precision=precision, eigvecs_t=u_t)
 
 
-def _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None) -> torch.Tensor:
+def _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False) -> torch.Tensor:
     """[T, B, d] in x's dtype, on the backend that suits the inputs. ``basis``: precision ->
-    (U, U^T) in the kernels' dtype, cached by the caller (None: formed per call)."""
+    (U, U^T) in the kernels' dtype, cached by the caller (None: formed per call). ``check_x``:
+    x's finiteness is still to be checked (ValueError naming x): before the kernels, or on the
+    PyTorch path through the coefficients (x - mu) U it forms anyway, which hold a NaN or an
+    infinity in every row where x does when each row of U has a nonzero (else x itself is read).
+    """
     kernel_ok = x.dtype in (torch.float32, torch.float16, torch.bfloat16) and eigvecs.dtype != torch.float64
     if kernel_ok and backend_for(x) == "triton":
+        if check_x:
+            check_finite(x, "x")
         return _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis).to(x.dtype)
+    on_coeffs = None
+    if check_x:
+        if reaches_every_coordinate(eigvecs):
+            on_coeffs = lambda coeffs: _check_through(coeffs, x)  # noqa: E731
+        else:
+            check_finite(x, "x")
     dtype = torch.promote_types(x.dtype, eigvecs.dtype)
     dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    cast = lambda t: t.to(dtype)  # noqa: E731
-    out = gt.denoise(cast(x), cast(sigma), cast(mean), cast(lam), cast(eigvecs), cast(lam_rest), output)
-    return out.to(x.dtype)
+    cast = lambda t: t if t.dtype == dtype else t.to(dtype)  # noqa: E731
+    out = gt.denoise(cast(x), cast(sigma), cast(mean), cast(lam), cast(eigvecs), cast(lam_rest), output,
+                     on_coeffs=on_coeffs)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _check_through(coeffs: torch.Tensor, x: torch.Tensor) -> None:
+    """check_finite(x) at the cost of a [B, r] sum: x is read only when the coefficients are not finite
+    (a non-finite x, or finite values so large that they overflow, which check_finite tells apart)."""
+    if not math.isfinite(coeffs.sum().item()):
+        check_finite(x, "x")
 
 
 class _GaussianDenoise(torch.autograd.Function):
     """x: [B, d], sigma: [B, T] -> [T, B, d]. Differentiable in x and sigma (not in the Gaussian)."""
 
     @staticmethod
-    def forward(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None):
-        return _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis)
+    def forward(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False):
+        return _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis, check_x)
 
     @staticmethod
     def setup_context(ctx, inputs, result):
-        x, sigma, mean, lam, eigvecs, lam_rest, output, precision, _ = inputs
+        x, sigma, mean, lam, eigvecs, lam_rest, output, precision, *_ = inputs
         ctx.output = output
         ctx.save_for_backward(x, sigma, mean, lam, eigvecs, lam_rest, result)
         ctx.save_for_forward(x, sigma, mean, lam, eigvecs, lam_rest, result)
@@ -65,7 +87,7 @@ class _GaussianDenoise(torch.autograd.Function):
             ds = gt.sigma_derivative(p(x), p(sigma), p(mean), p(lam), p(eigvecs), p(lam_rest), ctx.output,
                                      p(_moved(result, x, ctx.output, sigma)))
             grad_sigma = (p(grad) * ds).sum(-1).T.to(sigma.dtype)
-        return grad_x, grad_sigma, None, None, None, None, None, None, None
+        return grad_x, grad_sigma, None, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_t, sigma_t, *_):
@@ -82,7 +104,7 @@ class _GaussianDenoise(torch.autograd.Function):
         return tangent.to(result.dtype)
 
     @staticmethod
-    def vmap(info, in_dims, x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None):
+    def vmap(info, in_dims, x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False):
         if any(dim is not None for dim in in_dims[2:6]):
             raise NotImplementedError("gaussian_denoise: vmap over the Gaussian's mean, eigenvalues, "
                                       "eigenvectors or lam_rest is not supported; vmap over x and sigma is")
@@ -91,7 +113,7 @@ class _GaussianDenoise(torch.autograd.Function):
         sigma = sigma.movedim(in_dims[1], 0) if in_dims[1] is not None else sigma.expand(size, *sigma.shape)
         n, d = x.shape[1:]
         out = _GaussianDenoise.apply(x.reshape(size * n, d), sigma.reshape(size * n, -1), mean, lam, eigvecs,
-                                     lam_rest, output, precision, basis)
+                                     lam_rest, output, precision, basis, check_x)
         return out.reshape(out.shape[0], size, n, d), 1
 
 
@@ -115,8 +137,6 @@ def _needs_autograd(x: torch.Tensor, sigma: torch.Tensor) -> bool:
         return True
     if torch.is_grad_enabled() and (x.requires_grad or sigma.requires_grad):
         return True
-    from torch.autograd.forward_ad import unpack_dual
-
     return unpack_dual(x).tangent is not None or unpack_dual(sigma).tangent is not None
 
 
@@ -182,12 +202,12 @@ def gaussian_denoise(x, sigma, mean, eigvals, eigvecs, *, lam_rest: float = 0.0,
         torch.Size([8, 16])
     """
     x = as_float(as_tensor(x, "x"))
-    d = flatten_batch(x, "x").shape[1]
+    d = math.prod(x.shape[1:]) if x.dim() >= 2 else flatten_batch(x, "x")  # the latter raises
     mean, eigvals, eigvecs = (as_float(as_tensor(t, name)).to(x.device) for t, name in
                               ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
-    validated_once(mean, eigvals, eigvecs, d)
-    eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
-    rest = torch.tensor(check_lam_rest(lam_rest), dtype=eigvals.dtype, device=x.device)
+    if not validated_once(mean, eigvals, eigvecs, d):  # True: no sign bit set, clamping would copy it as is
+        eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
+    rest = torch.full((), check_lam_rest(lam_rest), dtype=eigvals.dtype, device=x.device)
     return denoise_validated(x, sigma, mean.reshape(d), eigvals, eigvecs, rest, output=output,
                              precision=precision)
 
@@ -208,14 +228,15 @@ def denoise_validated(x: torch.Tensor, sigma, mean, eigvals, eigvecs, lam_rest, 
         precision = "bf16" if eigvecs.dtype == torch.bfloat16 else "ieee"
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    check_finite(flat, "x")
+    check_x = inspectable(flat)  # x's finiteness: checked where the op reads x (see _compute)
     grid, multi = normalize_sigma(sigma, flat.shape[0], x.device,
                                   torch.float64 if x.dtype == torch.float64 else torch.float32)
     if output != "denoised" and grid.numel() and inspectable(grid) and (grid == 0).any():
         raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
     if _needs_autograd(flat, grid):
-        out = _GaussianDenoise.apply(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis)
+        out = _GaussianDenoise.apply(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis,
+                                     check_x)
     else:  # nothing to differentiate: skip the autograd.Function's bookkeeping
-        out = _compute(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis)
+        out = _compute(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis, check_x)
     out = out.reshape(out.shape[0], *x.shape)
     return out if multi else out[0]

@@ -16,29 +16,60 @@ import torch
 
 from ..._core.arrays import check_finite, inspectable
 
-#: How many validated Gaussians are remembered (most recently used).
+#: How many validated Gaussians (and eigenbases) are remembered (most recently used).
 CACHE_ENTRIES = 8
 _validated: OrderedDict = OrderedDict()
-
-
+_rows_reached: OrderedDict = OrderedDict()
 ORDER = "(mean, eigvals, eigvecs)"
 
 
-def validated_once(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int) -> None:
-    """``validate_gaussian``, skipped for a triple of tensors validated before and unchanged since."""
+def _remembered(cache: OrderedDict, tensors: tuple, extra, compute):
+    """``compute()`` for these very tensors (and ``extra``), unchanged since; else computed and remembered.
+
+    The key is each tensor's identity, version counter, storage, layout, dtype and device; a weak
+    reference kept beside it tells a new tensor that reuses a freed one's id.
+    """
+    key = (extra, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+    entry = cache.get(key)
+    if entry is not None and all(r() is t for r, t in zip(entry[0], tensors)):
+        cache.move_to_end(key)
+        return entry[1]
+    value = compute()
+    cache[key] = (tuple(weakref.ref(t) for t in tensors), value)
+    while len(cache) > CACHE_ENTRIES:
+        cache.popitem(last=False)
+    return value
+
+
+def validated_once(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int) -> bool:
+    """``validate_gaussian``, skipped for a triple of tensors validated before and unchanged since.
+
+    Returns whether eigvals is already its own ``clamp_min(0)`` (no sign bit set: no negatives of
+    rounding, no -0.0), so that the caller can skip that copy; False inside torch.func transforms.
+    """
     tensors = (mean, eigvals, eigvecs)
     if not all(inspectable(t) for t in tensors):  # inside torch.func: validate as usual, cache nothing
         validate_gaussian(mean, eigvals, eigvecs, d)
-        return
-    key = (d, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
-    refs = _validated.get(key)
-    if refs is not None and all(r() is t for r, t in zip(refs, tensors)):
-        _validated.move_to_end(key)
-        return
-    validate_gaussian(mean, eigvals, eigvecs, d)
-    _validated[key] = tuple(weakref.ref(t) for t in tensors)
-    while len(_validated) > CACHE_ENTRIES:
-        _validated.popitem(last=False)
+        return False
+
+    def validate() -> bool:
+        validate_gaussian(mean, eigvals, eigvecs, d)
+        return not bool(torch.signbit(eigvals).any())
+
+    return _remembered(_validated, tensors, d, validate)
+
+
+def reaches_every_coordinate(eigvecs: torch.Tensor) -> bool:
+    """Whether every row of U [d, r] holds a nonzero entry (cached per eigenbasis and version).
+
+    Then a NaN or infinity anywhere in a row of x reaches that row's coefficients (x - mu) U even
+    through a product that skips zero factors, so a finiteness test of the [B, r] coefficients
+    stands for one of the [B, d] input (``ops.gaussian.op``). False inside torch.func transforms.
+    """
+    if not inspectable(eigvecs):
+        return False
+    return _remembered(_rows_reached, (eigvecs,), None,
+                       lambda: eigvecs.shape[1] > 0 and bool((eigvecs != 0).any(dim=1).all()))
 
 
 def validate_gaussian(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int | None = None):
