@@ -54,9 +54,9 @@ class GaussianDenoiser(nn.Module):
     Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
     ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
     kernel mode); the builders' ``lam_rest="isotropic"`` gives the discarded directions the mean of
-    the discarded eigenvalues instead of mapping them to mu (a float: that eigenvalue). The Triton kernels also keep U^T [r, d]
-    (in bf16 for the bf16 mode) beside the buffers, built once per eigenbasis and not saved:
-    it doubles the eigenvector memory on the Triton path.
+    the discarded eigenvalues instead of mapping them to mu (a float: that eigenvalue). The Triton
+    kernels also keep U^T [r, d] (in bf16 for the bf16 mode) beside the buffers, built once per
+    eigenbasis and not saved: it doubles the eigenvector memory on the Triton path.
 
     Example:
         >>> import torch, fastgauss

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.forward_ad import unpack_dual
 
 from . import _torch as gt
 from ..._core.arrays import as_float, as_tensor, check_finite, flatten_batch, inspectable
 from ..._core.backend import backend_for
-from torch.autograd.forward_ad import unpack_dual
-
 from .validation import reaches_every_coordinate, validated_once
 
 PRECISIONS = ("ieee", "tf32", "bf16")

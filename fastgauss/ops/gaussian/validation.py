@@ -4,7 +4,9 @@ The public op validates its Gaussian on every call (shapes, finiteness, eigenval
 eigenvectors: O(d r) work, most of the op's Python overhead at small batches). ``validated_once``
 skips that for the very tensors it validated before, unchanged since: the cache holds weak
 references and each tensor's version counter, so another tensor, or the same one changed in place,
-is validated afresh and nothing stale passes.
+is validated afresh and nothing stale passes. ``reaches_every_coordinate`` remembers, the same way,
+whether each row of an eigenbasis holds a nonzero: what lets the op test x's finiteness on its
+coefficients (x - mu) U instead of in a pass over x of its own.
 """
 
 from __future__ import annotations
