@@ -119,3 +119,23 @@ def test_x_is_read_for_its_check_only_when_the_coefficients_cannot_stand_for_it(
     mean, lam, u = _gaussian(13, 5, basis, g)
     fastgauss.gaussian_denoise(torch.randn(7, 13, generator=g), 0.3, mean, lam, u)
     assert calls == ["x"] * reads_x
+
+
+def test_inference_mode_tensors_are_validated_every_time_not_cached():
+    """Inference tensors have no version counter to key a cache on: the op validates them on every call."""
+    g = torch.Generator().manual_seed(7)
+    mean, lam, u = _gaussian(11, 4, "dense", g)
+    x = torch.randn(3, 11, generator=g)
+    expected = fastgauss.gaussian_denoise(x, 0.4, mean, lam, u)
+    with torch.inference_mode():
+        mean_i, lam_i, u_i, x_i = (t.clone() for t in (mean, lam, u, x))
+        den = fastgauss.GaussianDenoiser(mean_i, lam_i, u_i)
+        assert torch.equal(fastgauss.gaussian_denoise(x_i, 0.4, mean_i, lam_i, u_i), expected)
+        assert torch.allclose(den(x_i, 0.4), expected, rtol=1e-5, atol=1e-6)
+        u_i.mul_(2)  # in place, invisible to a version counter
+        with pytest.raises(ValueError, match="orthonormal"):
+            fastgauss.gaussian_denoise(x_i, 0.4, mean_i, lam_i, u_i)
+        x_i[1, 3] = math.nan
+        with pytest.raises(ValueError, match=NON_FINITE):
+            fastgauss.gaussian_denoise(x_i, 0.4, mean, lam, u)
+    assert torch.allclose(den(x, 0.4), expected, rtol=1e-5, atol=1e-6)  # built in inference mode, called outside

@@ -29,8 +29,11 @@ def _remembered(cache: OrderedDict, tensors: tuple, extra, compute):
     """``compute()`` for these very tensors (and ``extra``), unchanged since; else computed and remembered.
 
     The key is each tensor's identity, version counter, storage, layout, dtype and device; a weak
-    reference kept beside it tells a new tensor that reuses a freed one's id.
+    reference kept beside it tells a new tensor that reuses a freed one's id. Inference tensors
+    have no version counter: for them nothing is remembered.
     """
+    if any(t.is_inference() for t in tensors):
+        return compute()
     key = (extra, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
     entry = cache.get(key)
     if entry is not None and all(r() is t for r, t in zip(entry[0], tensors)):
