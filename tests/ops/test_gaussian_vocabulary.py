@@ -33,8 +33,10 @@ def test_every_gaussian_signature_takes_mean_eigvals_eigvecs_lam_rest_in_that_or
 
     expected = ["mean", "eigvals", "eigvecs", "lam_rest"]
     for fn in (fastgauss.gaussian_denoise, op.denoise_validated, kernel.denoise, ref.gaussian_denoiser,
-               fastgauss.GaussianDenoiser.__init__):
+               ref.gaussian_flow, fastgauss.GaussianDenoiser.__init__):
         assert _order(fn) == expected, fn.__qualname__
+    assert _order(ref.gaussian_flow_endpoint) == expected[:3]
+    assert _order(ref.gaussian_jacobian) == expected[1:]  # J does not depend on the mean
     for fn in (validation.validate_gaussian, validation.validated_once):
         assert _order(fn) == expected[:3], fn.__qualname__
     for fn in (op._compute, op._GaussianDenoise.forward, gt.denoise, gt.sigma_derivative):
