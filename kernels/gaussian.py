@@ -258,14 +258,15 @@ def centred_rows(x: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> tor
 _INT32_LIMIT = 2**31 - 1
 
 
-def denoise(x, mean, eigvecs, eigvals, sigma, lam_rest, *, output: str, precision: str, eigvecs_t=None,
+def denoise(x, sigma, mean, eigvals, eigvecs, lam_rest, *, output: str, precision: str, eigvecs_t=None,
             variant: str = "tuned", centre: bool | None = None) -> torch.Tensor:
     """Gaussian denoiser for T levels in two launches (three with pre-centring): returns [T, B, d] float32.
 
-    x: [B, d] float32 (any row stride; copied if its columns are strided); mean: [d] float32;
-    eigvecs: [d, r] contiguous, float32 or bfloat16 (bf16 mode); eigvecs_t: its transpose
-    [r, d] contiguous (``kernel_basis``; formed here when None); eigvals: [r] float32; sigma:
-    [B, T] float32 contiguous; lam_rest: [1] float32 (0: discarded directions map to mu);
+    Data first, then the Gaussian as (mean, eigvals, eigvecs, lam_rest), the library's one order.
+    x: [B, d] float32 (any row stride; copied if its columns are strided); sigma: [B, T] float32
+    contiguous; mean: [d] float32; eigvals: [r] float32; eigvecs: [d, r] contiguous, float32 or
+    bfloat16 (bf16 mode); eigvecs_t: its transpose [r, d] contiguous (``kernel_basis``; formed
+    here when None); lam_rest: [1] float32 (0: discarded directions map to mu);
     output: "denoised", "score" or "eps"; precision: "ieee", "tf32" or "bf16". ``variant``
     "before" launches the tiles and order before issue 14 and ``centre`` forces pre-centring
     on or off: both for benchmarks and tests, the results are the same to rounding.

@@ -100,7 +100,7 @@ def test_gaussian_operator_route(watch):
         ref = reference.gaussian_denoiser(x.double(), torch.full((256,), 0.5), g.mean.double(), g.eigvals.double(),
                                                     g.eigvecs.double())
         assert (out.double() - ref).abs().max() < 1e-5
-    fastgauss.gaussian_denoise(x, 0.5, g.mean, g.eigvecs, g.eigvals)
+    fastgauss.gaussian_denoise(x, 0.5, g.mean, g.eigvals, g.eigvecs)
     g.jvp(x[:4], 0.5, torch.randn(3, 4, 16, generator=_gen()))
     g.sample(x[:4], fastgauss.edm_sigmas(5))
 

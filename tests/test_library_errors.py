@@ -68,6 +68,6 @@ def test_non_orthonormal_eigenvectors_are_rejected(make):
     with pytest.raises(ValueError, match="eigvecs: columns are not orthonormal"):
         fastgauss.GaussianDenoiser(torch.zeros(16), torch.ones(3), bad)
     with pytest.raises(ValueError, match="eigvecs: columns are not orthonormal"):
-        fastgauss.gaussian_denoise(torch.zeros(2, 16), 0.5, torch.zeros(16), bad, torch.ones(3))
+        fastgauss.gaussian_denoise(torch.zeros(2, 16), 0.5, torch.zeros(16), torch.ones(3), bad)
     fastgauss.GaussianDenoiser(torch.zeros(16), torch.ones(3), u.float())  # fp32 rounding of orthonormal: fine
     fastgauss.GaussianDenoiser(torch.zeros(16), torch.ones(3), u.to(torch.bfloat16), eigvec_dtype=torch.bfloat16)

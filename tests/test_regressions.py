@@ -13,7 +13,7 @@ from helpers import rel_err
 def test_gaussian_denoise_treats_rounding_negative_eigenvalues_as_flat():
     u, lam = torch.eye(2, dtype=torch.float64), torch.tensor([1.0, -1e-7], dtype=torch.float64)
     out = fastgauss.gaussian_denoise(torch.ones(1, 2, dtype=torch.float64), math.sqrt(1.0001e-7),
-                                     torch.zeros(2, dtype=torch.float64), u, lam)
+                                     torch.zeros(2, dtype=torch.float64), lam, u)
     assert torch.allclose(out, torch.tensor([[1.0, 0.0]], dtype=torch.float64), atol=1e-6)
 
 

@@ -99,7 +99,7 @@ def _check_operand_bits(report: Report, device, *, smoke: bool) -> None:
                  _mismatch(_bf16_bits(shrunk[torch.bfloat16]), _rne_bf16_bits(shrunk[torch.float32].cpu())), 0.0)
     for precision in ("tf32", "bf16"):
         basis = kernel.kernel_basis(u.to(device), precision)
-        outs = [kernel.denoise(x, mean32, basis[0], lam32, sigma, rest, output="denoised", precision=precision,
+        outs = [kernel.denoise(x, sigma, mean32, lam32, basis[0], rest, output="denoised", precision=precision,
                                eigvecs_t=basis[1], centre=centre) for centre in (False, True)]
         report.check(f"gaussian pre-centred = in-kernel {precision}", f"B={b} d={d} r={r}",
                      _mismatch(outs[0], outs[1]), 0.0)
@@ -283,7 +283,7 @@ def _time_ab(report: Report, device) -> None:
             baseline = None
             for label, options in AB_VARIANTS:
                 name = f"gaussian kernels {precision} {label}"
-                call = functools.partial(kernel.denoise, x, mean.float(), u_r, lam_r, sigma, rest, output="denoised",
+                call = functools.partial(kernel.denoise, x, sigma, mean.float(), lam_r, u_r, rest, output="denoised",
                                          precision=precision, eigvecs_t=u_t, **options)
                 report.time(name, case, bench_ms(call), flops=4 * b * d * r, nbytes=2 * b * d * 4, baseline=baseline)
                 baseline = baseline or name

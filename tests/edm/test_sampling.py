@@ -8,12 +8,13 @@ from fastgauss import reference as ref
 from helpers import rel_err
 
 
-def _gaussian(d=6, rank=None, remainder="zero"):
+def _gaussian(d=6, rank=None, lam_rest=0.0):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(d, d, generator=g, dtype=torch.float64)
     cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
     mean = torch.randn(d, generator=g, dtype=torch.float64)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, remainder=remainder, dtype=torch.float64)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64,
+                                                     lam_rest=lam_rest)
     return den, g
 
 
@@ -46,9 +47,9 @@ def test_closed_form_matches_the_float64_flow_endpoint():
         assert rel_err(traj.x[i], expected) < 1e-12
 
 
-@pytest.mark.parametrize("rank,remainder", [(None, "zero"), (3, "zero"), (3, "isotropic")])
-def test_closed_form_equals_euler_as_steps_grow(rank, remainder):
-    den, g = _gaussian(d=6, rank=rank, remainder=remainder)
+@pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, 0.0), (3, "isotropic")])
+def test_closed_form_equals_euler_as_steps_grow(rank, lam_rest):
+    den, g = _gaussian(d=6, rank=rank, lam_rest=lam_rest)
     latents = torch.randn(4, 6, generator=g, dtype=torch.float64)
     errors, heun = [], []
     for n in (64, 512, 4096):

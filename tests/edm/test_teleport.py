@@ -11,19 +11,20 @@ from fastgauss.edm import teleport
 from helpers import rel_err
 
 
-def _gaussian(d=6, rank=None, remainder="zero", seed=0):
+def _gaussian(d=6, rank=None, lam_rest=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(d, d, generator=g, dtype=torch.float64)
     cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
     mean = torch.randn(d, generator=g, dtype=torch.float64)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, remainder=remainder, dtype=torch.float64)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64,
+                                                     lam_rest=lam_rest)
     return den, g
 
 
-@pytest.mark.parametrize("rank,remainder", [(None, "zero"), (3, "zero"), (3, "isotropic")])
+@pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, 0.0), (3, "isotropic")])
 @pytest.mark.parametrize("sigma_to", [0.0, 0.002, 0.7, 12.0, 80.0])
-def test_jump_matches_the_float64_closed_form(rank, remainder, sigma_to):
-    den, g = _gaussian(d=7, rank=rank, remainder=remainder)
+def test_jump_matches_the_float64_closed_form(rank, lam_rest, sigma_to):
+    den, g = _gaussian(d=7, rank=rank, lam_rest=lam_rest)
     x = 80.0 * torch.randn(5, 7, generator=g, dtype=torch.float64)
     expected = ref.gaussian_flow(x, 80.0, sigma_to, den.mean, den.eigvals, den.eigvecs, float(den.lam_rest))
     assert rel_err(teleport.gaussian_jump(den, x, 80.0, sigma_to), expected) < 1e-12
@@ -33,7 +34,7 @@ def test_jump_matches_the_float64_closed_form(rank, remainder, sigma_to):
 
 
 def test_jump_to_zero_is_the_closed_form_sample():
-    den, g = _gaussian(d=6, rank=4, remainder="isotropic")
+    den, g = _gaussian(d=6, rank=4, lam_rest="isotropic")
     latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(10)
     expected = ref.gaussian_flow(latents * 80.0, 80.0, 0.0, den.mean, den.eigvals, den.eigvecs, float(den.lam_rest))
@@ -47,9 +48,9 @@ def test_jump_to_zero_is_the_closed_form_sample():
 
 
 @pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
-@pytest.mark.parametrize("rank,remainder", [(None, "zero"), (3, "isotropic")])
-def test_with_the_gaussian_as_network_teleporting_changes_only_discretisation_error(sampler, rank, remainder):
-    den, g = _gaussian(d=6, rank=rank, remainder=remainder)
+@pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, "isotropic")])
+def test_with_the_gaussian_as_network_teleporting_changes_only_discretisation_error(sampler, rank, lam_rest):
+    den, g = _gaussian(d=6, rank=rank, lam_rest=lam_rest)
     latents = torch.randn(4, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(18)
     exact = den.sample(latents, sig)
@@ -110,7 +111,7 @@ def _probes(den, g, n=64):
 
 @pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
 def test_auto_with_the_gaussian_as_network_jumps_to_the_closed_form(sampler):
-    den, g = _gaussian(d=6, rank=4, remainder="isotropic")
+    den, g = _gaussian(d=6, rank=4, lam_rest="isotropic")
     latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(12)
     choice = teleport.choose_switch(den, den, sig.tolist(), data=_probes(den, g, 16), tol=1e-6, probes=4)

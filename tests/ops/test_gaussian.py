@@ -123,13 +123,13 @@ def test_from_fp32_moments_matches_the_exact_rank_formula(backend, shape, decay,
         assert rel_err(den(queries, s.float()), expected) < FP32_TOL, sigma
 
 
-@pytest.mark.parametrize("remainder", ["zero", "isotropic"])
-def test_truncated_rank_remainder(backend, remainder):
+@pytest.mark.parametrize("lam_rest", [0.0, "isotropic"])
+def test_truncated_rank_remainder(backend, lam_rest):
     g = torch.Generator().manual_seed(5)
     mean, cov = random_gaussian(40, "full", g)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=9, remainder=remainder)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=9, lam_rest=lam_rest)
     vals, vecs = eig_desc(cov)
-    lam_rest = vals[9:].mean().item() if remainder == "isotropic" else 0.0
+    lam_rest = vals[9:].mean().item() if lam_rest == "isotropic" else 0.0
     assert float(den.lam_rest) == pytest.approx(lam_rest, rel=1e-6)
     x, s = torch.randn(13, 40, generator=g), torch.rand(13, generator=g) * 3
     expected = ref.gaussian_denoiser(x, s, mean, vals[:9], vecs[:, :9], lam_rest)
@@ -187,7 +187,7 @@ def test_bf16_eigenvectors_halve_memory_and_select_bf16(backend):
 def test_multi_level_equals_separate_calls(backend, grid_kind):
     g = torch.Generator().manual_seed(6)
     mean, cov = random_gaussian(21, "full", g)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=15, remainder="isotropic")
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=15, lam_rest="isotropic")
     x = torch.randn(11, 3, 7, generator=g)
     den.feature_shape = (3, 7)
     grid = torch.rand(11, 4, generator=g) * 5 if grid_kind == "per-row" else torch.tensor([[0.0, 0.1, 1.0, 80.0]])
@@ -270,7 +270,7 @@ def test_every_output_element_is_written_by_the_kernels():
 def _small_gaussian(dtype=torch.float64):
     g = torch.Generator().manual_seed(11)
     mean, cov = random_gaussian(9, "full", g)
-    return fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=6, remainder="isotropic", dtype=dtype), g
+    return fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=6, lam_rest="isotropic", dtype=dtype), g
 
 
 @pytest.mark.parametrize("output", ["denoised", "score", "eps"])
@@ -280,7 +280,7 @@ def test_gradcheck_in_x_and_sigma_backward_and_forward_mode(output):
     s = (torch.rand(4, 2, generator=g, dtype=torch.float64) + 0.3).requires_grad_()
 
     def f(x, s):
-        return fastgauss.gaussian_denoise(x, s, den.mean, den.eigvecs, den.eigvals, remainder=float(den.lam_rest),
+        return fastgauss.gaussian_denoise(x, s, den.mean, den.eigvals, den.eigvecs, lam_rest=float(den.lam_rest),
                                           output=output)
 
     assert torch.autograd.gradcheck(f, (x, s), check_forward_ad=True)
@@ -353,7 +353,7 @@ def test_module_jvp_with_probes(backend):
 def test_from_moments_state_dict_and_to():
     x = torch.randn(300, 2, 3, 3) * torch.linspace(0.1, 2, 18).reshape(2, 3, 3) + 1
     m = fastgauss.Moments().update(x)
-    den = fastgauss.GaussianDenoiser.from_moments(m, rank=10, remainder="isotropic")
+    den = fastgauss.GaussianDenoiser.from_moments(m, rank=10, lam_rest="isotropic")
     assert den.feature_shape == (2, 3, 3) and den.rank == 10
     copy = fastgauss.GaussianDenoiser(torch.zeros(18), torch.ones(10), torch.eye(18)[:, :10])
     copy.load_state_dict(den.state_dict())
@@ -378,7 +378,7 @@ def test_bad_input_is_rejected_with_clear_messages():
     with pytest.raises(ValueError, match="negative eigenvalue"):
         fastgauss.GaussianDenoiser(torch.zeros(6), torch.tensor([1.0, -0.5, 0.1]), torch.eye(6)[:, :3])
     with pytest.raises(ValueError, match="mean: has 5 features but x has 6"):
-        fastgauss.gaussian_denoise(x, 0.1, torch.zeros(5), torch.eye(6)[:, :3], torch.ones(3))
+        fastgauss.gaussian_denoise(x, 0.1, torch.zeros(5), torch.ones(3), torch.eye(6)[:, :3])
     with pytest.raises(ValueError, match="rank"):
         fastgauss.GaussianDenoiser.from_covariance(torch.zeros(3), torch.eye(3), rank=4)
     with pytest.raises(ValueError, match="covariance"):
@@ -392,7 +392,7 @@ def test_bad_input_is_rejected_with_clear_messages():
 def test_shared_sigma_operator_route_matches_the_formula(output):
     g = torch.Generator().manual_seed(12)
     mean, cov = random_gaussian(40, "full", g)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, remainder="isotropic")
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, lam_rest="isotropic")
     vals, vecs = eig_desc(cov)
     x = torch.randn(64, 40, generator=g)
     assert den._operator_pays(64, 0.3, None)  # r > d / 2 and a large batch: one product is cheaper
@@ -404,7 +404,7 @@ def test_shared_sigma_operator_route_matches_the_formula(output):
     moved = ref.gaussian_denoiser(x, torch.full((64,), 0.3), mean, vals[:30], vecs[:, :30], vals[30:].mean().item()) - x
     expected = {"denoised": x + moved, "score": moved / 0.09, "eps": -moved / 0.3}[output]
     assert rel_err(got, expected) < FP32_TOL
-    factored = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, remainder="isotropic",
+    factored = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=30, lam_rest="isotropic",
                                                          operator_cache_bytes=0)
     assert not factored._operator_pays(64, 0.3, None)
     assert rel_err(got, factored(x, 0.3, output=output)) < FP32_TOL
@@ -450,17 +450,17 @@ def test_the_public_op_validates_a_gaussian_once_and_again_after_an_in_place_cha
     g = torch.Generator().manual_seed(3)
     u = torch.linalg.qr(torch.randn(12, 5, generator=g))[0]
     lam, mean, x = torch.rand(5, generator=g) + 0.1, torch.randn(12, generator=g), torch.randn(7, 12, generator=g)
-    first = fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
-    again = fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+    first = fastgauss.gaussian_denoise(x, 0.3, mean, lam, u)
+    again = fastgauss.gaussian_denoise(x, 0.3, mean, lam, u)
     assert len(calls) == 1 and torch.equal(first, again)
     u.mul_(2)  # no longer orthonormal: seen through the version counter
     with pytest.raises(ValueError, match="orthonormal"):
-        fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+        fastgauss.gaussian_denoise(x, 0.3, mean, lam, u)
     u.div_(2)
     lam[0] = float("nan")
     with pytest.raises(ValueError, match="eigvals"):
-        fastgauss.gaussian_denoise(x, 0.3, mean, u, lam)
+        fastgauss.gaussian_denoise(x, 0.3, mean, lam, u)
     lam[0] = 0.5
     mean2 = mean.clone()  # another tensor with the same values: validated as well
-    fastgauss.gaussian_denoise(x, 0.3, mean2, u, lam)
+    fastgauss.gaussian_denoise(x, 0.3, mean2, lam, u)
     assert len(calls) == 4  # the first call, the two refused ones, and the new mean

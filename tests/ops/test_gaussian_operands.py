@@ -143,7 +143,7 @@ def test_strided_inputs_through_the_op(backend, layout):
     else:
         x = torch.randn(1, d, generator=g).expand(b, d)
     sigma = torch.rand(b, 3, generator=g)[:, 1]  # strided too
-    got = fastgauss.gaussian_denoise(x, sigma, mean.float(), u.float(), lam.float(), remainder=0.05)
+    got = fastgauss.gaussian_denoise(x, sigma, mean.float(), lam.float(), u.float(), lam_rest=0.05)
     expected = ref.gaussian_denoiser(x.double(), sigma.double(), mean, lam, u, 0.05)
     assert rel_err(got, expected) < 2e-5
 

@@ -33,7 +33,7 @@ def test_forced_config_matches_float64_reference(cfg, precision, centre, monkeyp
     sigma = torch.rand(b, levels, generator=g, dtype=torch.float64) * 2 + 0.05
     lam_rest = 1e-2
     eigvecs = u.to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
-    got = kernel.denoise(x.float(), mean.float(), eigvecs, lam.float(), sigma.float().contiguous(),
+    got = kernel.denoise(x.float(), sigma.float().contiguous(), mean.float(), lam.float(), eigvecs,
                          torch.tensor([lam_rest]), output="denoised", precision=precision, centre=centre)
     assert got.shape == (levels, b, d) and torch.isfinite(got).all()
     for t in range(levels):

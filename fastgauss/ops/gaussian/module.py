@@ -16,30 +16,30 @@ from ..._core.dtypes import compute_dtype
 from ..._core.precision import check_precision
 from ..._core.sigma import check_levels, levels_tensor, schedule
 from ..._core.trajectory import Trajectory
-from .op import PRECISIONS, denoise_validated, normalize_sigma
+from .op import PRECISIONS, check_lam_rest, denoise_validated, normalize_sigma
 from .validation import validate_gaussian
 from ..moments.op import Moments
 
-REMAINDERS = ("zero", "isotropic")
-
-
-def _truncate(eigvals: torch.Tensor, eigvecs: torch.Tensor, rank: int | None, remainder: str):
-    """Keep the top ``rank`` pairs; the remainder eigenvalue is 0 or the mean of the discarded ones.
+def _truncate(eigvals: torch.Tensor, eigvecs: torch.Tensor, rank: int | None, lam_rest):
+    """Keep the top ``rank`` pairs; the remainder eigenvalue ``lam_rest`` is a float used as given
+    (0.0: the discarded directions map to mu) or "isotropic": the mean of the discarded eigenvalues.
 
     eigvals: [k] descending, already with exact zeros where the spectrum has none (see the
     builders); eigvecs: [d, k].
     """
     eigvals = eigvals.to(torch.float64).clamp_min(0)
-    if remainder not in REMAINDERS:
-        raise ValueError(f"remainder: expected one of {', '.join(REMAINDERS)}, got {remainder!r}")
+    isotropic = isinstance(lam_rest, str) and lam_rest == "isotropic"
+    if not isotropic:
+        if isinstance(lam_rest, str):
+            raise ValueError(f'lam_rest: expected an eigenvalue >= 0 (a float) or "isotropic", got {lam_rest!r}')
+        lam_rest = check_lam_rest(lam_rest)
     d, full = eigvecs.shape
     r = full if rank is None else rank
     if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= full):
         raise ValueError(f"rank: expected an integer from 1 to {full}, got {rank!r}")
-    lam_rest = 0.0
-    if remainder == "isotropic" and r < d:
+    if isotropic:
         # Discarded directions include any beyond the given eigenpairs (their eigenvalue is 0).
-        lam_rest = float(eigvals[r:].sum()) / (d - r)
+        lam_rest = float(eigvals[r:].sum()) / (d - r) if r < d else 0.0
     return eigvals[:r], eigvecs[:, :r], lam_rest
 
 
@@ -59,10 +59,10 @@ class GaussianDenoiser(nn.Module):
 
     Build it with ``from_moments``, ``from_covariance`` or directly from eigenpairs.
     ``eigvec_dtype=torch.bfloat16`` halves the eigenvector memory (and selects the bf16
-    kernel mode); ``remainder="isotropic"`` gives the discarded directions the mean of the
-    discarded eigenvalues instead of mapping them to mu. The Triton kernels also keep U^T [r, d]
-    (in bf16 for the bf16 mode) beside the buffers, built once per eigenbasis and not saved:
-    it doubles the eigenvector memory on the Triton path.
+    kernel mode); the builders' ``lam_rest="isotropic"`` gives the discarded directions the mean of
+    the discarded eigenvalues instead of mapping them to mu (a float: that eigenvalue). The Triton
+    kernels also keep U^T [r, d] (in bf16 for the bf16 mode) beside the buffers, built once per
+    eigenbasis and not saved: it doubles the eigenvector memory on the Triton path.
 
     Example:
         >>> import torch, fastgauss
@@ -81,9 +81,8 @@ class GaussianDenoiser(nn.Module):
         self._bases: dict = {}
         mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
                                   ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
-        validate_gaussian(mean.reshape(-1), eigvecs, eigvals)
-        if not (math.isfinite(lam_rest) and lam_rest >= 0):
-            raise ValueError(f"lam_rest: expected an eigenvalue >= 0, got {lam_rest!r}")
+        validate_gaussian(mean.reshape(-1), eigvals, eigvecs)
+        lam_rest = check_lam_rest(lam_rest)
         d = mean.numel()
         self.feature_shape = tuple(feature_shape) if feature_shape is not None else tuple(mean.shape)
         if math.prod(self.feature_shape) != d:
@@ -95,30 +94,33 @@ class GaussianDenoiser(nn.Module):
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def from_moments(cls, moments: Moments, *, rank: int | None = None, remainder: str = "zero", ddof: int = 0,
+    def from_moments(cls, moments: Moments, *, rank: int | None = None, lam_rest: float | str = 0.0, ddof: int = 0,
                      **kwargs) -> GaussianDenoiser:
         """From streamed moments: mean and the top ``rank`` eigenpairs of the covariance.
 
         The eigenvalues follow ``Moments.eigh``'s exact-rank rule: past min(n - 1, d) for n
         samples, and below the rounding level of the precision the scatter was accumulated in
         (``moments.product_precision``), they are exactly 0, so at sigma = 0 those directions
-        map to mu instead of passing rounding noise through.
+        map to mu instead of passing rounding noise through. ``lam_rest``: the eigenvalue of the
+        d - rank discarded directions, 0.0 (they map to mu), a float >= 0 used as given, or
+        "isotropic" (the mean of the discarded eigenvalues).
         """
         if not isinstance(moments, Moments):
             raise TypeError(f"moments: expected fastgauss.Moments, got {type(moments).__name__}")
         eigvals, eigvecs = moments.eigh(ddof=ddof)
-        eigvals, eigvecs, lam_rest = _truncate(eigvals, eigvecs, rank, remainder)
+        eigvals, eigvecs, lam_rest = _truncate(eigvals, eigvecs, rank, lam_rest)
         return cls(moments.mean, eigvals, eigvecs, feature_shape=moments.feature_shape, lam_rest=lam_rest,
                    **kwargs)
 
     @classmethod
-    def from_covariance(cls, mean, covariance, *, rank: int | None = None, remainder: str = "zero",
+    def from_covariance(cls, mean, covariance, *, rank: int | None = None, lam_rest: float | str = 0.0,
                         **kwargs) -> GaussianDenoiser:
         """From a mean [*feature_shape] and a covariance [d, d] (symmetric positive semi-definite).
 
         The covariance is taken as exact: only eigenvalues within float64 eigh's rounding of 0
         (d * eps * lambda_max) become 0. For a covariance of N samples accumulated in fp32 use
-        ``from_moments``, which knows N and the accumulation's precision.
+        ``from_moments``, which knows N and the accumulation's precision. ``lam_rest`` as in
+        ``from_moments``: 0.0, a float >= 0, or "isotropic".
         """
         mean = as_float(as_tensor(mean, "mean"))
         cov = as_float(as_tensor(covariance, "covariance")).to(torch.float64)
@@ -134,7 +136,7 @@ class GaussianDenoiser(nn.Module):
             raise ValueError(f"covariance: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
                              "not a valid covariance")
         eigvals, eigvecs, lam_rest = _truncate(_zero_eigh_rounding(eigvals.flip(0)), eigvecs.flip(1), rank,
-                                               remainder)
+                                               lam_rest)
         kwargs.setdefault("feature_shape", tuple(mean.shape))
         return cls(mean, eigvals, eigvecs, lam_rest=lam_rest, **kwargs)
 
@@ -166,7 +168,7 @@ class GaussianDenoiser(nn.Module):
         level = self._shared_level(x, sigma) if possible else None
         if level is not None and self._operator_pays(x.shape[0], level, precision):
             return self._operator_route(x, level, output, precision)
-        return denoise_validated(x, sigma, self.mean, self.eigvecs, self.eigvals, self.lam_rest, output=output,
+        return denoise_validated(x, sigma, self.mean, self.eigvals, self.eigvecs, self.lam_rest, output=output,
                                  precision=precision, basis=self._kernel_basis)
 
     def score(self, x, sigma, **kwargs) -> torch.Tensor:
@@ -197,8 +199,8 @@ class GaussianDenoiser(nn.Module):
             raise ValueError("sigma: jvp takes one level per sample (a float, 0-d or [B]), not a grid")
         k = v.shape[0] if probes else 1
         flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
-        jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvecs,
-                               self.eigvals, self.lam_rest, precision=precision, basis=self._kernel_basis)
+        jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvals,
+                               self.eigvecs, self.lam_rest, precision=precision, basis=self._kernel_basis)
         return denoised, jv.reshape(v.shape)
 
     # ----------------------------------------------------------------- sampling

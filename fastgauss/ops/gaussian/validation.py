@@ -1,10 +1,12 @@
-"""Validation of a Gaussian (mean, eigenvectors, eigenvalues), and a cache of those already validated.
+"""Validation of a Gaussian (mean, eigenvalues, eigenvectors), and a cache of those already validated.
 
 The public op validates its Gaussian on every call (shapes, finiteness, eigenvalues >= 0, orthonormal
 eigenvectors: O(d r) work, most of the op's Python overhead at small batches). ``validated_once``
 skips that for the very tensors it validated before, unchanged since: the cache holds weak
 references and each tensor's version counter, so another tensor, or the same one changed in place,
-is validated afresh and nothing stale passes.
+is validated afresh and nothing stale passes. ``reaches_every_coordinate`` remembers, the same way,
+whether each row of an eigenbasis holds a nonzero: what lets the op test x's finiteness on its
+coefficients (x - mu) U instead of in a pass over x of its own.
 """
 
 from __future__ import annotations
@@ -16,39 +18,85 @@ import torch
 
 from ..._core.arrays import check_finite, inspectable
 
-#: How many validated Gaussians are remembered (most recently used).
+#: How many validated Gaussians (and eigenbases) are remembered (most recently used).
 CACHE_ENTRIES = 8
 _validated: OrderedDict = OrderedDict()
+_rows_reached: OrderedDict = OrderedDict()
+ORDER = "(mean, eigvals, eigvecs)"
 
 
-def validated_once(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int) -> None:
-    """``validate_gaussian``, skipped for a triple of tensors validated before and unchanged since."""
-    tensors = (mean, eigvecs, eigvals)
+def _remembered(cache: OrderedDict, tensors: tuple, extra, compute):
+    """``compute()`` for these very tensors (and ``extra``), unchanged since; else computed and remembered.
+
+    The key is each tensor's identity, version counter, storage, layout, dtype and device; a weak
+    reference kept beside it tells a new tensor that reuses a freed one's id. Inference tensors
+    have no version counter: for them nothing is remembered.
+    """
+    if any(t.is_inference() for t in tensors):
+        return compute()
+    key = (extra, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+    entry = cache.get(key)
+    if entry is not None and all(r() is t for r, t in zip(entry[0], tensors)):
+        cache.move_to_end(key)
+        return entry[1]
+    value = compute()
+    cache[key] = (tuple(weakref.ref(t) for t in tensors), value)
+    while len(cache) > CACHE_ENTRIES:
+        cache.popitem(last=False)
+    return value
+
+
+def validated_once(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int) -> bool:
+    """``validate_gaussian``, skipped for a triple of tensors validated before and unchanged since.
+
+    Returns whether eigvals is already its own ``clamp_min(0)`` (no sign bit set: no negatives of
+    rounding, no -0.0), so that the caller can skip that copy; False inside torch.func transforms.
+    """
+    tensors = (mean, eigvals, eigvecs)
     if not all(inspectable(t) for t in tensors):  # inside torch.func: validate as usual, cache nothing
-        validate_gaussian(mean, eigvecs, eigvals, d)
-        return
-    key = (d, *((id(t), t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors))
-    refs = _validated.get(key)
-    if refs is not None and all(r() is t for r, t in zip(refs, tensors)):
-        _validated.move_to_end(key)
-        return
-    validate_gaussian(mean, eigvecs, eigvals, d)
-    _validated[key] = tuple(weakref.ref(t) for t in tensors)
-    while len(_validated) > CACHE_ENTRIES:
-        _validated.popitem(last=False)
+        validate_gaussian(mean, eigvals, eigvecs, d)
+        return False
+
+    def validate() -> bool:
+        validate_gaussian(mean, eigvals, eigvecs, d)
+        return not bool(torch.signbit(eigvals).any())
+
+    return _remembered(_validated, tensors, d, validate)
 
 
-def validate_gaussian(mean: torch.Tensor, eigvecs: torch.Tensor, eigvals: torch.Tensor, d: int | None = None):
-    """ValueError unless mean: [d], eigvecs: [d, r], eigvals: [r] >= 0 (to rounding), all finite."""
+def reaches_every_coordinate(eigvecs: torch.Tensor) -> bool:
+    """Whether every row of U [d, r] holds a nonzero entry (cached per eigenbasis and version).
+
+    Then a NaN or infinity anywhere in a row of x reaches that row's coefficients (x - mu) U even
+    through a product that skips zero factors, so a finiteness test of the [B, r] coefficients
+    stands for one of the [B, d] input (``ops.gaussian.op``). False inside torch.func transforms.
+    """
+    if not inspectable(eigvecs):
+        return False
+    return _remembered(_rows_reached, (eigvecs,), None,
+                       lambda: eigvecs.shape[1] > 0 and bool((eigvecs != 0).any(dim=1).all()))
+
+
+def validate_gaussian(mean: torch.Tensor, eigvals: torch.Tensor, eigvecs: torch.Tensor, d: int | None = None):
+    """ValueError unless mean: [d], eigvals: [r] >= 0 (to rounding), eigvecs: [d, r], all finite.
+
+    A Gaussian is passed as (mean, eigvals, eigvecs) everywhere; the shape errors say so, so that
+    eigenvectors passed where the eigenvalues belong (or the reverse) are named as such.
+    """
     d = mean.numel() if d is None else d
     if mean.numel() != d:
         raise ValueError(f"mean: has {mean.numel()} features but x has {d}")
+    if eigvals.dim() != 1:
+        raise ValueError(f"eigvals: expected shape [r] (a Gaussian is passed as {ORDER}), got "
+                         f"{tuple(eigvals.shape)}" + (": are these the eigenvectors?" if eigvals.dim() == 2 else ""))
     if eigvecs.dim() != 2 or eigvecs.shape[0] != d:
-        raise ValueError(f"eigvecs: expected shape [{d}, r], got {tuple(eigvecs.shape)}")
+        raise ValueError(f"eigvecs: expected shape [{d}, r] (a Gaussian is passed as {ORDER}), got "
+                         f"{tuple(eigvecs.shape)}" + (": are these the eigenvalues?" if eigvecs.dim() == 1 else ""))
     r = eigvecs.shape[1]
     if eigvals.shape != (r,):
-        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}], got {tuple(eigvals.shape)}")
-    for name, t in (("mean", mean), ("eigvecs", eigvecs), ("eigvals", eigvals)):
+        raise ValueError(f"eigvals: expected shape [{r}] to match eigvecs [{d}, {r}] (a Gaussian is passed as "
+                         f"{ORDER}), got {tuple(eigvals.shape)}")
+    for name, t in (("mean", mean), ("eigvals", eigvals), ("eigvecs", eigvecs)):
         check_finite(t, name)
     if r and eigvals.min() < -1e-6 * max(eigvals.abs().max().item(), 1e-30):
         raise ValueError(f"eigvals: negative eigenvalue {eigvals.min().item():g} beyond rounding: "
