@@ -407,15 +407,16 @@ def gpu_check_cases() -> dict:
                     kernels.append((f"torch:centre x[{p}]", label))
                 floor = 2 * b * d * 4 + d * r * _eb(p)  # read x, write D, read U once
                 cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B={b} T=1")] = _case(kernels, floor)
-                if d == 3072 and r in (3072, 256) and p != "ieee":  # the launcher's A/B (_time_ab)
+                if d == 3072 and r in (3072, 256):  # the launcher's A/B (_time_ab)
                     case = f"d={d} r={r} B={b} T=1"
-                    cases[(f"gaussian kernels {p} tuned (128x128x32, GROUP_M=8)", case)] = _case(kernels, floor)
+                    tuned, former = ("128x128x16", "128x32") if p == "ieee" else ("128x128x32", "128x64")
+                    cases[(f"gaussian kernels {p} tuned ({tuned}, GROUP_M=8)", case)] = _case(kernels, floor)
                     before = f"{label},before"
                     old = [(f"gaussian_project[{'before-large' if size == 'large' else size},{p}]", before),
                            (f"gaussian_reconstruct[before-large,{p}]", before)]
-                    if size == "large":
+                    if size == "large" and p != "ieee":
                         old.append((f"torch:centre x[{p}]", before))
-                    cases[(f"gaussian kernels {p} before (128x64, rows fastest)", case)] = _case(old, floor)
+                    cases[(f"gaussian kernels {p} before ({former}, rows fastest)", case)] = _case(old, floor)
     n, d, q = 50_000, 3072, 1024
     data = n * d * 4
     for p in ("ieee", "tf32x3", "tf32"):

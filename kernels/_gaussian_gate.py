@@ -2,7 +2,7 @@
 
 ``entries()``: every launch configuration in each precision it serves, with the operand dtypes
 and centring its launches use. ``targets()``: the launches ``plan`` makes at the issue 14 target
-shapes, for a gate that specialises like the JIT (the 128 x 128 tensor-core entries are
+shapes, for a gate that specialises like the JIT (the 128 x 128 entries are
 launched only on aligned operands, see ``gaussian.CONFIGS``).
 """
 
@@ -56,7 +56,7 @@ def targets(batch: int = 8192):
     (B = 8192, d = 3072 and 12 288, r = d, d / 8 (gpu_check's) and 256, T = 1, x contiguous), from ``plan``; and
     the former tiles at d = 3072 (the gpu_check A/B)."""
     shapes = [(d, r, p, "tuned") for d in (3072, 12288) for r in (d, d // 8, 256) for p in PRECISIONS]
-    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in ("tf32", "bf16")]
+    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in PRECISIONS]
     for d, r, precision, variant in shapes:
         p = plan(precision, batch, 1, d, r, variant=variant)
         label = f"B={batch},d={d},r={r}" + ("" if variant == "tuned" else ",before")
@@ -71,11 +71,11 @@ def targets(batch: int = 8192):
 def aligned():
     """(entry name, {int argument: value}) of the entries the launcher runs only on aligned
     operands (``operands_aligned``: d, r, x's row stride and B multiples of 16; the projection also
-    only at T = 1, a constant for the JIT): the 128 x 128 tensor-core tiles. Built otherwise they
-    spill, and they never run otherwise."""
+    only at T = 1, a constant for the JIT): the 128 x 128 tiles. Built otherwise they spill, and
+    they never run otherwise."""
     sizes = {"dim": 16, "rank": 16, "stride_x": 16, "n_rows": 16}
     for size, _cfg, family in configs():
-        if family == "mma" and size == "large":
-            for precision in ("tf32", "bf16"):
+        if size == "large":
+            for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
                 yield f"gaussian_project[{size},{precision}]", {**sizes, "n_levels": 1}
                 yield f"gaussian_reconstruct[{size},{precision}]", sizes

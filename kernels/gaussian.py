@@ -165,24 +165,24 @@ def _reconstruct_kernel(
 
 
 #: Launch configurations by (precision family, size); the compile gate builds each of them.
-#: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible
-#: by 16), 128 x 128 x 32 with 8 warps compiles without spills in both tensor-core modes
-#: (160-248 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
-#: 128 x 128 tiles spill came from a gate build without that specialisation. Unaligned, the
-#: same tile spills (4-byte loads, 255 registers), so it is launched only on aligned operands
-#: and the former 128 x 64 tile serves the rest. The small tensor-core tile takes 8 warps: with
-#: 4 the unaligned projection spilled 128 bytes on sm_80. The exact-fp32 "large" tile is 128 x 32
-#: (16 accumulators a thread at 8 warps) with 2 stages: with 3 the reconstruction spilled 8-24
-#: bytes on Triton 3.9 as the JIT specialises it. BLOCK_K 8 does not compile (tl.dot needs K >= 16).
+#: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible by
+#: 16), the 128 x 128 tiles compile without spills (HGMMA 64x128 in both tensor-core modes; 64
+#: fp32 accumulators a thread on the FFMA path, 228-255 registers, 16-byte cp.async; Triton 3.9
+#: and 3.6). Unaligned they spill (4-byte loads, 255 registers), so they are launched only on
+#: aligned operands and the "large-unaligned" tiles serve the rest. The exact-fp32 tiles take 2
+#: stages (3 spilled the former 128 x 32 reconstruction) and BLOCK_K 16 (tl.dot needs K >= 16);
+#: the small tensor-core tile takes 8 warps (with 4 the unaligned projection spilled on sm_80).
 CONFIGS = {
     ("fma", "small"): TileConfig(64, 64, 16, 8, 3),
-    ("fma", "large"): TileConfig(128, 32, 16, 8, 2),
+    ("fma", "large"): TileConfig(128, 128, 16, 8, 2),
+    ("fma", "large-unaligned"): TileConfig(128, 32, 16, 8, 2),
     ("mma", "small"): TileConfig(64, 64, 32, 8, 3),
     ("mma", "large"): TileConfig(128, 128, 32, 8, 3),
     ("mma", "large-unaligned"): TileConfig(128, 64, 32, 8, 3),
 }
 #: The tiles before issue 14, launched with ROWS_FASTEST: the A/B baseline of gpu_check only.
-CONFIGS_BEFORE = {**CONFIGS, ("mma", "large"): TileConfig(128, 64, 32, 8, 3)}
+CONFIGS_BEFORE = {**CONFIGS, ("fma", "large"): CONFIGS["fma", "large-unaligned"],
+                  ("mma", "large"): CONFIGS["mma", "large-unaligned"]}
 VARIANTS = ("tuned", "before")
 
 
@@ -191,10 +191,8 @@ def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned", 
 
 
 def _key(precision: str, rows: int, cols: int, aligned: bool) -> tuple[str, str]:
-    if precision == "ieee":
-        return "fma", _size(rows, cols)
     size = _size(rows, cols)
-    return "mma", size if size == "small" or aligned else "large-unaligned"
+    return "fma" if precision == "ieee" else "mma", size if size == "small" or aligned else "large-unaligned"
 
 
 def _size(rows: int, cols: int) -> str:
@@ -223,7 +221,7 @@ def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, var
          centre: bool | None = None, aligned: bool = True) -> Plan:
     """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
     shapes (``aligned``: every operand 16-byte aligned, d, r, x's row stride and B multiples of 16;
-    the 128 x 128 tensor-core tiles need it, and the projection's also needs T = 1).
+    the 128 x 128 tiles need it, and the projection's also needs T = 1).
     ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
     the projection is bound by reading x, and the extra pass over x would cost more)."""

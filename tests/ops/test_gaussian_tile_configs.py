@@ -44,12 +44,13 @@ def test_forced_config_matches_float64_reference(cfg, precision, centre, monkeyp
 
 def test_large_tensor_core_tiles_only_on_aligned_operands():
     """128 x 128 tiles build without spills only as the JIT specialises aligned operands: the
-    launcher checks alignment and falls back to 128 x 64 otherwise (the ieee tiles do not care)."""
-    assert kernel.plan("tf32", 8192, 1, 3072, 3072).project.config == kernel.CONFIGS[("mma", "large")]
-    for kind in ("project", "reconstruct"):
-        assert getattr(kernel.plan("bf16", 8192, 1, 3072, 3072, aligned=False), kind).config == \
-            kernel.CONFIGS[("mma", "large-unaligned")]
-    assert kernel.plan("ieee", 8192, 1, 3072, 3072, aligned=False).project.config == kernel.CONFIGS[("fma", "large")]
+    launcher checks alignment and falls back to 128 x 64 (tensor cores) or 128 x 32 (ieee) otherwise."""
+    for precision, family in (("tf32", "mma"), ("bf16", "mma"), ("ieee", "fma")):
+        assert kernel.plan(precision, 8192, 1, 3072, 3072).project.config == kernel.CONFIGS[(family, "large")]
+        for kind in ("project", "reconstruct"):
+            assert getattr(kernel.plan(precision, 8192, 1, 3072, 3072, aligned=False), kind).config == \
+                kernel.CONFIGS[(family, "large-unaligned")]
+    assert kernel.CONFIGS[("fma", "large")] != kernel.CONFIGS[("fma", "large-unaligned")]
     buffer = torch.zeros(8, 64)
     assert kernel.operands_aligned((buffer, buffer[1:]), (64, 32))
     assert not kernel.operands_aligned((buffer[:, 1:],), (64,))  # 4 bytes off
@@ -59,7 +60,7 @@ def test_large_tensor_core_tiles_only_on_aligned_operands():
 def test_gate_targets_name_gate_entries_and_the_launch_grids():
     names = {e[0] for e in kernel.gate_entries()}
     targets = list(kernel.gate_targets())
-    assert len(targets) == 2 * (6 * 3 + 4)  # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes; 4 'before' rows
+    assert len(targets) == 2 * (6 * 3 + 6)  # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes; 6 'before' rows
     for name, label, args, grid in targets:
         assert name in names, name
         d, r = args["dim"], args["rank"]
