@@ -400,9 +400,10 @@ def gpu_check_cases() -> dict:
     for d in (3072, 12288):
         for r in (d, d // 8, 256):
             label = f"B={b},d={d},r={r}"
-            for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024
-                size = "large" if r >= 1024 else "small"
-                kernels = [(f"gaussian_project[{size},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
+            for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024,
+                size = "large" if r >= 1024 else "small"  # narrow (tensor cores) when 128 < r <= 256
+                psize = "narrow" if p != "ieee" and 128 < r <= 256 else size
+                kernels = [(f"gaussian_project[{psize},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
                 if p != "ieee" and size == "large":  # x - mu formed once per call
                     kernels.append((f"torch:centre x[{p}]", label))
                 floor = 2 * b * d * 4 + d * r * _eb(p)  # read x, write D, read U once
@@ -412,7 +413,8 @@ def gpu_check_cases() -> dict:
                     tuned, former = ("128x128x16", "128x32") if p == "ieee" else ("128x128x32", "128x64")
                     cases[(f"gaussian kernels {p} tuned ({tuned}, GROUP_M=8)", case)] = _case(kernels, floor)
                     before = f"{label},before"
-                    old = [(f"gaussian_project[{'before-large' if size == 'large' else size},{p}]", before),
+                    former_p = "before-large" if size == "large" else "before-narrow" if psize == "narrow" else psize
+                    old = [(f"gaussian_project[{former_p},{p}]", before),
                            (f"gaussian_reconstruct[before-large,{p}]", before)]
                     if size == "large" and p != "ieee":
                         old.append((f"torch:centre x[{p}]", before))

@@ -77,3 +77,23 @@ def test_multi_level_projection_keeps_the_128x64_tiles():
     p = kernel.plan("tf32", 8192, 3, 3072, 3072)
     assert p.project.config == kernel.CONFIGS[("mma", "large-unaligned")]
     assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]
+
+
+def test_narrow_projection_spans_rank_256_in_one_tile():
+    """B >= 1024 rows onto 128 < r <= 256 columns (aligned, T = 1, tensor cores): one 64 x 256
+    tile spans r, so x is read once; otherwise (and in the 'before' variant) the 64 x 64 tiles."""
+    narrow, small = kernel.CONFIGS[("mma", "narrow")], kernel.CONFIGS[("mma", "small")]
+    assert narrow.block_n == 256 and small.block_n == 64
+    for precision in ("tf32", "bf16"):
+        p = kernel.plan(precision, 8192, 1, 3072, 256)
+        assert p.project.config == narrow and p.project.grid == (8192 // 64,) and not p.centred
+        assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]
+        assert kernel.plan(precision, 8192, 1, 3072, 160).project.config == narrow
+        for other in (kernel.plan(precision, 8192, 2, 3072, 256), kernel.plan(precision, 8192, 1, 3072, 256,
+                      aligned=False), kernel.plan(precision, 8192, 1, 3072, 384), kernel.plan(precision, 512, 1,
+                      3072, 256), kernel.plan(precision, 8192, 1, 3072, 128),
+                      kernel.plan(precision, 8192, 1, 3072, 256, variant="before")):
+            assert other.project.config == small
+    assert kernel.plan("ieee", 8192, 1, 3072, 256).project.config == kernel.CONFIGS[("fma", "small")]
+    names = {e[0] for e in kernel.gate_entries()}
+    assert "gaussian_project[narrow,bf16]" in names and "gaussian_reconstruct[narrow,bf16]" not in names
