@@ -24,24 +24,6 @@ _EMPTY = tl.constexpr(9223372036854775807)  # int64 max: an empty slot sorts las
 
 
 @triton.jit
-def _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
-              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] products a . y of centred queries (rows q of xc, [B, d] contiguous) with
-    raw data rows: both operands go from memory into tl.dot as they are loaded."""
-    offs_k = tl.arange(0, BLOCK_K)
-    dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, dim, BLOCK_K):
-        ks = k0 + offs_k
-        mask_k = ks < dim
-        x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
-                    mask=mask_q[:, None] & mask_k[None, :], other=0.0)
-        y = tl.load(y_ptr + rows.to(tl.int64)[None, :] * stride_y + ks[:, None],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
-        dots = tl.dot(x, y, dots, input_precision=PRECISION)
-    return dots
-
-
-@triton.jit
 def _nn_candidates_kernel(
     xc_ptr, x_consts_ptr, y_ptr, center_ptr, y_norms_ptr, keys_ptr,
     n_queries, n_data, dim, rows_per_split,
@@ -64,12 +46,8 @@ def _nn_candidates_kernel(
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        if CENTRE_ROWS:
-            dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                                PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
-        else:
-            dots = _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
-                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                            PRECISION, False, CENTRE_ROWS, BLOCK_M, BLOCK_N, BLOCK_K)
         y_norms = tl.load(y_norms_ptr + rows, mask=mask_n, other=0.0)
         dist = tl.maximum(x_consts[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
         key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | rows.to(tl.int64)[None, :]
