@@ -447,10 +447,12 @@ def gpu_check_cases() -> dict:
     for sigma in (0.002, 1.0):
         cases[("kernel fp32 pass (before)", f"N={n} d={d} B={q} sigma={sigma}")] = _case(ieee, data)
     nn = f"B={q},N={n},d={d}"
-    cases[("fastgauss nearest_neighbors", f"N={n} d={d} B={q} k=2")] = _case([("nn_candidates[tf32x3]", nn)], data)
+    cases[("fastgauss nearest_neighbors", f"N={n} d={d} B={q} k=2")] = _case([("nn_candidates[tf32x3,sm90]", nn)],
+                                                                          data)
     for label, p, grid, shape in (("64x64 ieee, cdiv splits", "ieee", "16x17", nn + ",cdiv splits"),
                                   ("64x64 ieee, wave-rounded splits", "ieee", "16x16", nn),
-                                  ("64x64 tf32x3, wave-rounded splits (after)", "tf32x3", "16x16", nn)):
+                                  ("64x64 tf32x3 8 warps, wave-rounded splits", "tf32x3", "16x16", nn),
+                                  ("64x64 tf32x3 4 warps, wave-rounded splits (after)", "tf32x3,sm90", "16x33", nn)):
         cases[(f"nn kernel {label}", f"N={n} d={d} B={q} grid={grid}")] = _case([(f"nn_candidates[{p}]", shape)], data)
     return cases
 

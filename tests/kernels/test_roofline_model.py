@@ -160,7 +160,7 @@ def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
     import gpu_check_lib
 
     version = gpu_check_lib._module_version("triton")
-    rows = [{"kernel": "nn_candidates[tf32x3]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
+    rows = [{"kernel": "nn_candidates[tf32x3,sm90]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
     (tmp_path / f"roofline-triton{version}.json").write_text(json.dumps({"predictions": rows}))
     monkeypatch.setattr(gpu_check_lib, "PREDICTIONS", tmp_path)
     gpu_check_lib._predictions.cache_clear()
