@@ -400,22 +400,25 @@ def gpu_check_cases() -> dict:
     for d in (3072, 12288):
         for r in (d, d // 8, 256):
             label = f"B={b},d={d},r={r}"
-            for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024
-                size = "large" if r >= 1024 else "small"
-                kernels = [(f"gaussian_project[{size},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
+            for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024,
+                size = "large" if r >= 1024 else "small"  # narrow (tensor cores) when 128 < r <= 256
+                psize = "narrow" if p != "ieee" and 128 < r <= 256 else size
+                kernels = [(f"gaussian_project[{psize},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
                 if p != "ieee" and size == "large":  # x - mu formed once per call
                     kernels.append((f"torch:centre x[{p}]", label))
                 floor = 2 * b * d * 4 + d * r * _eb(p)  # read x, write D, read U once
                 cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B={b} T=1")] = _case(kernels, floor)
-                if d == 3072 and r in (3072, 256) and p != "ieee":  # the launcher's A/B (_time_ab)
+                if d == 3072 and r in (3072, 256):  # the launcher's A/B (_time_ab)
                     case = f"d={d} r={r} B={b} T=1"
-                    cases[(f"gaussian kernels {p} tuned (128x128x32, GROUP_M=8)", case)] = _case(kernels, floor)
+                    tuned, former = ("128x128x16", "128x32") if p == "ieee" else ("128x128x32", "128x64")
+                    cases[(f"gaussian kernels {p} tuned ({tuned}, GROUP_M=8)", case)] = _case(kernels, floor)
                     before = f"{label},before"
-                    old = [(f"gaussian_project[{'before-large' if size == 'large' else size},{p}]", before),
+                    former_p = "before-large" if size == "large" else "before-narrow" if psize == "narrow" else psize
+                    old = [(f"gaussian_project[{former_p},{p}]", before),
                            (f"gaussian_reconstruct[before-large,{p}]", before)]
-                    if size == "large":
+                    if size == "large" and p != "ieee":
                         old.append((f"torch:centre x[{p}]", before))
-                    cases[(f"gaussian kernels {p} before (128x64, rows fastest)", case)] = _case(old, floor)
+                    cases[(f"gaussian kernels {p} before ({former}, rows fastest)", case)] = _case(old, floor)
     n, d, q = 50_000, 3072, 1024
     data = n * d * 4
     for p in ("ieee", "tf32x3", "tf32"):
@@ -444,10 +447,12 @@ def gpu_check_cases() -> dict:
     for sigma in (0.002, 1.0):
         cases[("kernel fp32 pass (before)", f"N={n} d={d} B={q} sigma={sigma}")] = _case(ieee, data)
     nn = f"B={q},N={n},d={d}"
-    cases[("fastgauss nearest_neighbors", f"N={n} d={d} B={q} k=2")] = _case([("nn_candidates[tf32x3]", nn)], data)
+    cases[("fastgauss nearest_neighbors", f"N={n} d={d} B={q} k=2")] = _case([("nn_candidates[tf32x3,sm90]", nn)],
+                                                                          data)
     for label, p, grid, shape in (("64x64 ieee, cdiv splits", "ieee", "16x17", nn + ",cdiv splits"),
                                   ("64x64 ieee, wave-rounded splits", "ieee", "16x16", nn),
-                                  ("64x64 tf32x3, wave-rounded splits (after)", "tf32x3", "16x16", nn)):
+                                  ("64x64 tf32x3 8 warps, wave-rounded splits", "tf32x3", "16x16", nn),
+                                  ("64x64 tf32x3 4 warps, wave-rounded splits (after)", "tf32x3,sm90", "16x33", nn)):
         cases[(f"nn kernel {label}", f"N={n} d={d} B={q} grid={grid}")] = _case([(f"nn_candidates[{p}]", shape)], data)
     return cases
 

@@ -53,10 +53,11 @@ def load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y):
 
 @triton.jit
 def centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                 PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                 PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, CENTRE_ROWS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] products x' . (y - c) of centred queries (rows q of xc, [B, d]
-    contiguous) with data rows ``rows`` of y (row stride stride_y), centred here on c."""
+    """[BLOCK_M, BLOCK_N] products x' . y' of centred queries (rows q of xc, [B, d] contiguous)
+    with data rows ``rows`` of y (row stride stride_y): y' = y - c, centred here on c, when
+    CENTRE_ROWS; else y' = y, its [BLOCK_K, BLOCK_N] tile going from memory into tl.dot as loaded."""
     offs_k = tl.arange(0, BLOCK_K)
     dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, dim, BLOCK_K):
@@ -64,8 +65,12 @@ def centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride
         mask_k = ks < dim
         x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
                     mask=mask_q[:, None] & mask_k[None, :], other=0.0)
-        y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
-        dots = mma(x, tl.trans(y), dots, PRECISION, EMULATE_BF16)
+        if CENTRE_ROWS:
+            y = tl.trans(load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y))
+        else:
+            y = tl.load(y_ptr + rows.to(tl.int64)[None, :] * stride_y + ks[:, None],
+                        mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        dots = mma(x, y, dots, PRECISION, EMULATE_BF16)
     return dots
 
 

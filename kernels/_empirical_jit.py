@@ -7,6 +7,14 @@ from ._common import dot_stored
 
 
 @triton.jit
+def _tile(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row and column offsets and masks of this program's tile (program ids 0 and 1)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_m, offs_n, offs_m < n_rows, offs_n < n_cols
+
+
+@triton.jit
 def _dots_kernel(a_ptr, y_ptr, norms_ptr, inv_var_ptr, s_ptr,
                  n_rows_a, n_rows_y, dim, stride_y, stride_s,
                  LOGITS: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
@@ -14,13 +22,8 @@ def _dots_kernel(a_ptr, y_ptr, norms_ptr, inv_var_ptr, s_ptr,
     """s[i, j] = a_i . y_j for a: [M, d] contiguous, y: [C, d] (row stride stride_y, unit column
     stride), both in the mode's dtype; s: [M, >= C] fp32, row stride stride_s. LOGITS: a holds
     centred queries and s = (a_i . y_j - norms[j] / 2) * inv_var[i] instead."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, mask_m, mask_n = _tile(n_rows_a, n_rows_y, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < n_rows_a
-    mask_n = offs_n < n_rows_y
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * dim + offs_k[None, :]
     y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_y + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -131,11 +134,8 @@ def _weighted_sum_kernel(p_ptr, y_ptr, acc_ptr,
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     split = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_m, offs_d, mask_m, mask_d = _tile(n_rows_p, dim, BLOCK_M, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < n_rows_p
-    mask_d = offs_d < dim
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     start = split * rows_per_split
     end = tl.minimum(start + rows_per_split, n_cols)

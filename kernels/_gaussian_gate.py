@@ -2,7 +2,7 @@
 
 ``entries()``: every launch configuration in each precision it serves, with the operand dtypes
 and centring its launches use. ``targets()``: the launches ``plan`` makes at the issue 14 target
-shapes, for a gate that specialises like the JIT (the 128 x 128 tensor-core entries are
+shapes, for a gate that specialises like the JIT (the 128 x 128 entries are
 launched only on aligned operands, see ``gaussian.CONFIGS``).
 """
 
@@ -21,8 +21,8 @@ def configs():
             yield f"before-{key[1]}", cfg, key[0]
 
 
-def _entry_size(precision: str, rows: int, cols: int, variant: str) -> str:
-    key = _key(precision, rows, cols, True)
+def _entry_size(precision: str, rows: int, cols: int, variant: str, project: bool) -> str:
+    key = _key(precision, rows, cols, True, project)
     return f"before-{key[1]}" if variant == "before" and CONFIGS_BEFORE[key] != CONFIGS[key] else key[1]
 
 
@@ -43,6 +43,8 @@ def entries():
                            "CENTRED": "constexpr", **{k: "constexpr" for k in common}}
             yield (f"gaussian_project[{size},{precision}]", _project_kernel, project_sig,
                    {"CENTRED": centred, **common}, cfg.num_warps, cfg.num_stages, precision != "ieee")
+            if "narrow" in size:  # a projection tile only
+                continue
             recon_sig = {"cs_ptr": u_type, "x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type,
                          "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "out_ptr": "*fp32",
                          "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "output_mode": "i32",
@@ -56,12 +58,12 @@ def targets(batch: int = 8192):
     (B = 8192, d = 3072 and 12 288, r = d, d / 8 (gpu_check's) and 256, T = 1, x contiguous), from ``plan``; and
     the former tiles at d = 3072 (the gpu_check A/B)."""
     shapes = [(d, r, p, "tuned") for d in (3072, 12288) for r in (d, d // 8, 256) for p in PRECISIONS]
-    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in ("tf32", "bf16")]
+    shapes += [(3072, r, p, "before") for r in (3072, 256) for p in PRECISIONS]
     for d, r, precision, variant in shapes:
         p = plan(precision, batch, 1, d, r, variant=variant)
         label = f"B={batch},d={d},r={r}" + ("" if variant == "tuned" else ",before")
         for kind, launch, rows, cols in (("project", p.project, batch, r), ("reconstruct", p.reconstruct, batch, d)):
-            size = _entry_size(precision, rows, cols, variant)
+            size = _entry_size(precision, rows, cols, variant, kind == "project")
             args = {"n_rows": batch, "n_levels": 1, "dim": d, "rank": r, "stride_x": d}
             if kind == "reconstruct":
                 args["output_mode"] = OUTPUTS["denoised"]
@@ -71,11 +73,12 @@ def targets(batch: int = 8192):
 def aligned():
     """(entry name, {int argument: value}) of the entries the launcher runs only on aligned
     operands (``operands_aligned``: d, r, x's row stride and B multiples of 16; the projection also
-    only at T = 1, a constant for the JIT): the 128 x 128 tensor-core tiles. Built otherwise they
-    spill, and they never run otherwise."""
+    only at T = 1, a constant for the JIT): the 128 x 128 tiles and the 64 x 256 projection. Built
+    otherwise they spill, and they never run otherwise."""
     sizes = {"dim": 16, "rank": 16, "stride_x": 16, "n_rows": 16}
     for size, _cfg, family in configs():
-        if family == "mma" and size == "large":
-            for precision in ("tf32", "bf16"):
+        if size in ("large", "narrow"):
+            for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
                 yield f"gaussian_project[{size},{precision}]", {**sizes, "n_levels": 1}
-                yield f"gaussian_reconstruct[{size},{precision}]", sizes
+                if size == "large":
+                    yield f"gaussian_reconstruct[{size},{precision}]", sizes

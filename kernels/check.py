@@ -16,6 +16,8 @@ becomes a constant (both from Triton's own ``native_specialize_impl``). Builds:
 * ``jit``: one build per distinct specialisation of an entry's targets, on sm_90 (the H200 the
   targets describe) — with ``--all-archs`` on sm_80 too.
 
+An entry the module's ``gate_archs()`` lists (entry name -> archs) is built on those archs only.
+
 For each build it reads the cubin with the cuobjdump that ships with Triton: registers, stack
 (spills), shared memory, CTAs per SM (``_occupancy``), and from the SASS (``_sass``, where each
 measurement is explained) the matrix instructions, the main loop's HGMMA shapes, wgmma wait
@@ -226,6 +228,9 @@ def aligned_args(signature: dict, given: dict) -> dict:
 def plan(module) -> list[tuple[tuple, int | None, dict | None, list]]:
     """(entry, build arch or None for every arch, int_args or None, targets) per build of a module."""
     entries = {e[0]: e for e in module.gate_entries()}
+    unknown = sorted(set(entry_archs(module)) - set(entries))
+    if unknown:
+        raise KeyError(f"{module.__name__}.gate_archs names no gate entry: {', '.join(unknown)}")
     targets = list(module.gate_targets()) if hasattr(module, "gate_targets") else []
     unknown = sorted({t[0] for t in targets} - set(entries))
     if unknown:
@@ -247,6 +252,12 @@ def plan(module) -> list[tuple[tuple, int | None, dict | None, list]]:
     return builds
 
 
+def entry_archs(module) -> dict:
+    """Entries a module builds only on some archs (``gate_archs()``: entry name -> archs), e.g. an
+    sm_90 configuration that is never launched elsewhere."""
+    return dict(module.gate_archs()) if hasattr(module, "gate_archs") else {}
+
+
 def run_gate(modules=KERNEL_MODULES, archs=ARCHS, all_archs=False) -> list[GateResult]:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("the compile gate builds real cubins: run it with TRITON_INTERPRET unset "
@@ -260,9 +271,11 @@ def run_gate(modules=KERNEL_MODULES, archs=ARCHS, all_archs=False) -> list[GateR
             results.append(GateResult(f"{module_name}.gate_targets", TARGET_ARCH, 0, 0,
                                       error=f"{type(exc).__name__}: {exc}"))
             continue
+        only = entry_archs(module)
         for entry, arch_only, int_args, targets in builds:
             for arch in archs:
-                if arch_only is not None and arch != arch_only and not all_archs:
+                elsewhere = arch_only is not None and arch != arch_only and not all_archs
+                if elsewhere or arch not in only.get(entry[0], archs):
                     continue
                 aligned_build = arch_only is None and int_args is not None
                 result = compile_entry(*entry, arch=arch, int_args=int_args, build="aligned" if aligned_build else None)

@@ -18,14 +18,10 @@ so the same bits); elsewhere the projection still subtracts mu in registers, whe
 bounds it. In bf16 mode C is stored in bf16, the rounding the reconstruction's dot applied anyway.
 
 Tile order (GROUP_M): a 1-D grid walks GROUP_M row blocks across every column block before the
-next rows. At B = 8192, d = r = 3072 the 128 x 128 grid is 64 x 24 tiles and 132 CTAs are
-resident (1 per SM at ~190 registers). Row blocks fastest, as before, the resident CTAs span all
-64 row blocks of ~2 column blocks, so x (B d: 100 MB fp32) is re-read from HBM 24 / 2 = 12 times
-(the former 128 x 64 tiles, 2 CTAs per SM: 48 / 4 = 12x; 192 / 4 = 48x at d = 12 288). With
-GROUP_M = 8 they span 8 row blocks x ~16 column blocks: a group's x rows (12.6 MB) stay in L2
-while its 24 column blocks pass, so x is read ~1x, and U (38 MB) 64 / 8 = 8 times, largely from
-the 50 MB L2. At d = r = 12 288 (96 column blocks; a group's x rows are 50 MB): x ~96 / 16 = 6x
-(2.4 GB) + U 8 x 600 MB = 7.2 GB, against 19.7 GB (x 48x + U) before.
+next rows. At B = 8192, d = r = 3072 (128 x 128 tiles: 64 x 24, 132 resident CTAs) rows fastest
+would span all 64 row blocks of ~2 column blocks, re-reading x (100 MB fp32) ~12 times; GROUP_M
+= 8 spans 8 row blocks x ~16 column blocks, so a group's x rows (12.6 MB) stay in L2: x ~1x and
+U (38 MB) 8 times, largely from L2. At d = r = 12 288: 7.2 GB of traffic against 19.7 GB.
 """
 
 from __future__ import annotations
@@ -164,37 +160,41 @@ def _reconstruct_kernel(
     tl.store(out_ptr + m[:, None] * dim + cols[None, :], result, mask=mask)
 
 
-#: Launch configurations by (precision family, size); the compile gate builds each of them.
-#: As the JIT builds them at B = 8192, d = r = 3072 (16-byte aligned pointers, sizes divisible
-#: by 16), 128 x 128 x 32 with 8 warps compiles without spills in both tensor-core modes
-#: (160-248 registers, HGMMA 64x128, 16-byte cp.async; Triton 3.9 and 3.6): the former note that
-#: 128 x 128 tiles spill came from a gate build without that specialisation. Unaligned, the
-#: same tile spills (4-byte loads, 255 registers), so it is launched only on aligned operands
-#: and the former 128 x 64 tile serves the rest. The small tensor-core tile takes 8 warps: with
-#: 4 the unaligned projection spilled 128 bytes on sm_80. The exact-fp32 "large" tile is 128 x 32
-#: (16 accumulators a thread at 8 warps) with 2 stages: with 3 the reconstruction spilled 8-24
-#: bytes on Triton 3.9 as the JIT specialises it. BLOCK_K 8 does not compile (tl.dot needs K >= 16).
+#: Launch configurations by (precision family, size); the compile gate builds each of them. As
+#: the JIT builds them at the target shapes (aligned pointers, sizes divisible by 16), the 128 x
+#: 128 tiles (HGMMA 64x128; 64 fp32 accumulators a thread on the FFMA path) and the 64 x 256
+#: "narrow" projection build without spills (150-255 registers, 16-byte cp.async; Triton 3.9 and
+#: 3.6); unaligned they spill (4-byte loads), so they are launched only on aligned operands and
+#: "large-unaligned" / "small" serve the rest. The exact-fp32 tiles take 2 stages (3 spilled the
+#: 128 x 32 reconstruction) and BLOCK_K 16 (tl.dot needs K >= 16); the small tensor-core tile 8
+#: warps (with 4 the unaligned projection spilled on sm_80).
 CONFIGS = {
     ("fma", "small"): TileConfig(64, 64, 16, 8, 3),
-    ("fma", "large"): TileConfig(128, 32, 16, 8, 2),
+    ("fma", "large"): TileConfig(128, 128, 16, 8, 2),
+    ("fma", "large-unaligned"): TileConfig(128, 32, 16, 8, 2),
     ("mma", "small"): TileConfig(64, 64, 32, 8, 3),
+    ("mma", "narrow"): TileConfig(64, 256, 32, 8, 2),
     ("mma", "large"): TileConfig(128, 128, 32, 8, 3),
     ("mma", "large-unaligned"): TileConfig(128, 64, 32, 8, 3),
 }
 #: The tiles before issue 14, launched with ROWS_FASTEST: the A/B baseline of gpu_check only.
-CONFIGS_BEFORE = {**CONFIGS, ("mma", "large"): TileConfig(128, 64, 32, 8, 3)}
-VARIANTS = ("tuned", "before")
+CONFIGS_BEFORE = {**CONFIGS, ("fma", "large"): CONFIGS["fma", "large-unaligned"],
+                  ("mma", "large"): CONFIGS["mma", "large-unaligned"], ("mma", "narrow"): CONFIGS["mma", "small"]}
 
 
-def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned", aligned: bool = True) -> TileConfig:
-    return (CONFIGS if variant == "tuned" else CONFIGS_BEFORE)[_key(precision, rows, cols, aligned)]
+def choose_config(precision: str, rows: int, cols: int, variant: str = "tuned", aligned: bool = True,
+                  project: bool = False) -> TileConfig:
+    return (CONFIGS if variant == "tuned" else CONFIGS_BEFORE)[_key(precision, rows, cols, aligned, project)]
 
 
-def _key(precision: str, rows: int, cols: int, aligned: bool) -> tuple[str, str]:
-    if precision == "ieee":
-        return "fma", _size(rows, cols)
-    size = _size(rows, cols)
-    return "mma", size if size == "small" or aligned else "large-unaligned"
+def _key(precision: str, rows: int, cols: int, aligned: bool, project: bool = False) -> tuple[str, str]:
+    """(family, size); "narrow": an aligned tensor-core projection of >= 1024 rows onto 128 < r <=
+    256 columns, one 64 x 256 tile spanning r reads x once (64 x 64 tiles: r / 64 times)."""
+    size, family = _size(rows, cols), "fma" if precision == "ieee" else "mma"
+    if size == "small":
+        narrow = project and aligned and family == "mma" and rows >= 1024 and 128 < cols <= 256
+        return family, "narrow" if narrow else "small"
+    return family, size if aligned else "large-unaligned"
 
 
 def _size(rows: int, cols: int) -> str:
@@ -223,7 +223,7 @@ def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, var
          centre: bool | None = None, aligned: bool = True) -> Plan:
     """The launches for x: [n_rows, dim], U: [dim, rank], n_levels levels: a pure function of the
     shapes (``aligned``: every operand 16-byte aligned, d, r, x's row stride and B multiples of 16;
-    the 128 x 128 tensor-core tiles need it, and the projection's also needs T = 1).
+    the 128 x 128 tiles need it, and the projection's also needs T = 1).
     ``centre`` None: pre-centre exactly for the large tensor-core projection tiles, the
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
     the projection is bound by reading x, and the extra pass over x would cost more)."""
@@ -232,7 +232,7 @@ def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, var
     # The 128 x 128 projection spills when its level loop is not unrolled (T > 1: the JIT
     # makes n_levels = 1 a constant): 128 x 64 then.
     for rows, cols, wide in ((n_rows, rank, aligned and n_levels == 1), (n_rows * n_levels, dim, aligned)):
-        cfg = choose_config(precision, rows, cols, variant, wide)
+        cfg = choose_config(precision, rows, cols, variant, wide, not launches)
         grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
         launches.append(Launch(cfg, grid, group_m))
     if centre is None:
@@ -334,19 +334,16 @@ def _interpreting(t: torch.Tensor) -> bool:
 def gate_entries():
     """The compile gate's entries: every configuration, see ``_gaussian_gate.entries``."""
     from ._gaussian_gate import entries
-
     return entries()
 
 
 def gate_targets(batch: int = 8192):
     """The compile gate's target launches (issue 14 shapes), see ``_gaussian_gate.targets``."""
     from ._gaussian_gate import targets
-
     return targets(batch)
 
 
 def gate_aligned():
     """Entries launched only on aligned operands, see ``_gaussian_gate.aligned``."""
     from ._gaussian_gate import aligned
-
     return aligned()

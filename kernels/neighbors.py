@@ -24,24 +24,6 @@ _EMPTY = tl.constexpr(9223372036854775807)  # int64 max: an empty slot sorts las
 
 
 @triton.jit
-def _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
-              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] products a . y of centred queries (rows q of xc, [B, d] contiguous) with
-    raw data rows: both operands go from memory into tl.dot as they are loaded."""
-    offs_k = tl.arange(0, BLOCK_K)
-    dots = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, dim, BLOCK_K):
-        ks = k0 + offs_k
-        mask_k = ks < dim
-        x = tl.load(xc_ptr + q[:, None].to(tl.int64) * dim + ks[None, :],
-                    mask=mask_q[:, None] & mask_k[None, :], other=0.0)
-        y = tl.load(y_ptr + rows.to(tl.int64)[None, :] * stride_y + ks[:, None],
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)  # [BLOCK_K, BLOCK_N]
-        dots = tl.dot(x, y, dots, input_precision=PRECISION)
-    return dots
-
-
-@triton.jit
 def _nn_candidates_kernel(
     xc_ptr, x_consts_ptr, y_ptr, center_ptr, y_norms_ptr, keys_ptr,
     n_queries, n_data, dim, rows_per_split,
@@ -64,12 +46,8 @@ def _nn_candidates_kernel(
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        if CENTRE_ROWS:
-            dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                                PRECISION, False, BLOCK_M, BLOCK_N, BLOCK_K)
-        else:
-            dots = _raw_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, dim, stride_y,
-                             PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                            PRECISION, False, CENTRE_ROWS, BLOCK_M, BLOCK_N, BLOCK_K)
         y_norms = tl.load(y_norms_ptr + rows, mask=mask_n, other=0.0)
         dist = tl.maximum(x_consts[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
         key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | rows.to(tl.int64)[None, :]
@@ -103,6 +81,10 @@ class NNConfig:
 #: rows centred in the kernel spills on sm_80, ieee on raw rows caps sm_90 at 128 registers and spills.
 CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True),
            "tf32x3": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=False)}
+#: On sm_90 tf32x3 takes 4 warps, one 64x64x8 warpgroup (HGMMA 64x64 instead of two 64x32): as the
+#: JIT builds it at the target, 202-204 registers, 2 CTAs per SM, no spills (Triton 3.9 and 3.6);
+#: the same build spills 48 bytes on sm_80 under Triton 3.9, so other archs keep CONFIGS.
+CONFIGS_SM90 = {**CONFIGS, "tf32x3": NNConfig(num_warps=4, num_stages=2, ctas_per_sm=2, centre_rows=False)}
 #: Most candidates one call can return (one tile's worth of running best).
 MAX_CANDIDATES = BLOCK_N
 
@@ -185,20 +167,27 @@ def split_plan(n_queries: int, n_data: int, sms: int, ctas_per_sm: int = 1, bloc
                                      p.rows_per_split % BLOCK_N))
 
 
+def device_config(precision: str, device: torch.device) -> NNConfig:
+    """The configuration launches on ``device`` use: CONFIGS_SM90 on compute capability 9.x, else CONFIGS."""
+    sm90 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+    return (CONFIGS_SM90 if sm90 else CONFIGS)[precision]
+
+
 def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, center: torch.Tensor,
                   y_norms: torch.Tensor, count: int, *, precision: str | None = None,
-                  plan: SplitPlan | None = None, block_m: int = BLOCK_M) -> tuple[torch.Tensor, torch.Tensor]:
+                  plan: SplitPlan | None = None, block_m: int = BLOCK_M,
+                  config: NNConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp32 squared distances [B, count] ascending, their indices [B, count]), ties to the lower index.
 
     xc: [B, d] float32 contiguous, centred; x_norms: [B] float32 |xc|^2; data: [N, d] float32
     with unit column stride; center: [d] float32; y_norms: [N] float32; count <= MAX_CANDIDATES.
-    precision: "ieee" or "tf32x3" (None: DEFAULT_PRECISION); plan and block_m: a launch geometry
-    other than split_plan's (the benchmarks' A/B cases).
+    precision: "ieee" or "tf32x3" (None: DEFAULT_PRECISION); plan, block_m and config: a launch
+    geometry other than split_plan's and device_config's (the benchmarks' A/B cases).
     """
     n_queries, dim = xc.shape
     n_data = data.shape[0]
     precision = precision or DEFAULT_PRECISION
-    cfg = CONFIGS[precision]
+    cfg = config or device_config(precision, xc.device)
     if plan is None:
         plan = split_plan(n_queries, n_data, multiprocessors(xc.device), cfg.ctas_per_sm, block_m)
     keys = torch.empty((plan.splits, n_queries, BLOCK_N), dtype=torch.int64, device=xc.device)
@@ -218,13 +207,31 @@ _SIGNATURE = {"xc_ptr": "*fp32", "x_consts_ptr": "*fp32", "y_ptr": "*fp32", "cen
               "rows_per_split": "i32", "stride_y": "i32"}
 
 
+def _gate_configs():
+    """(entry name, precision, config, archs or None for every arch) of each configuration."""
+    for precision, cfg in CONFIGS.items():
+        yield f"nn_candidates[{precision}]", precision, cfg, None
+        if CONFIGS_SM90[precision] != cfg:
+            yield f"nn_candidates[{precision},sm90]", precision, CONFIGS_SM90[precision], (90,)
+
+
+def entry_config(name: str) -> NNConfig:
+    """The configuration of a compile-gate entry."""
+    return {n: cfg for n, _, cfg, _ in _gate_configs()}[name]
+
+
 def gate_entries():
     """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
-    for precision, cfg in CONFIGS.items():
+    for name, precision, cfg, _ in _gate_configs():
         constexprs = {"PRECISION": precision, "CENTRE_ROWS": cfg.centre_rows, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
                       "BLOCK_K": BLOCK_K}
-        yield (f"nn_candidates[{precision}]", _nn_candidates_kernel, dict(_SIGNATURE), constexprs, cfg.num_warps,
-               cfg.num_stages, precision != "ieee")
+        yield (name, _nn_candidates_kernel, dict(_SIGNATURE), constexprs, cfg.num_warps, cfg.num_stages,
+               precision != "ieee")
+
+
+def gate_archs():
+    """Entries built only on some archs (entry name -> archs): the sm_90 configurations."""
+    return {name: archs for name, _, _, archs in _gate_configs() if archs}
 
 
 #: Target shape of issue 14 and the SMs of an H200.
@@ -233,9 +240,10 @@ TARGET_SMS = 132
 
 
 def gate_targets():
-    """(entry_name, shape_label, int_args, grid) of each entry at the target shape, as launched."""
+    """(entry_name, shape_label, int_args, grid) of each entry at the target shape, as launched (the
+    sm_80 configuration as gpu_check's A/B launches it on the H200)."""
     b, n, d = TARGET["B"], TARGET["N"], TARGET["d"]
-    for precision, cfg in CONFIGS.items():
+    for name, _, cfg, _ in _gate_configs():
         plan = split_plan(b, n, TARGET_SMS, cfg.ctas_per_sm)
         int_args = {"n_queries": b, "n_data": n, "dim": d, "rows_per_split": plan.rows_per_split, "stride_y": d}
-        yield f"nn_candidates[{precision}]", f"B={b},N={n},d={d}", int_args, plan.grid
+        yield name, f"B={b},N={n},d={d}", int_args, plan.grid

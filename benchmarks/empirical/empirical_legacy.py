@@ -55,7 +55,7 @@ def _empirical_partial_kernel(
         rows = n0 + offs_n
         mask_n = rows < row_end
         logits = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                              QK_PRECISION, EMULATE_BF16, BLOCK_M, BLOCK_N, BLOCK_K)
+                              QK_PRECISION, EMULATE_BF16, True, BLOCK_M, BLOCK_N, BLOCK_K)
         norms = tl.load(norms_ptr + rows, mask=mask_n, other=0.0)
         logits = (logits - 0.5 * norms[None, :]) * inv_var[:, None]
         logits = tl.where(mask_n[None, :], logits, float("-inf"))

@@ -248,12 +248,16 @@ def _time_sampling(report: Report, device) -> None:
     report.meta["heun18_vs_exact_rel_error"] = ((heun - exact).norm() / exact.norm()).item()
 
 
-#: The issue 14 A/B: (label, launcher keywords); "before" is the former tiles (128 x 64, 4-warp
-#: small tiles) in the former order (row blocks fastest), pre-centred as now, so the rows isolate
-#: tiles and order; "in-kernel centring" is today's tiles with x - mu formed in the projection.
-AB_VARIANTS = (("before (128x64, rows fastest)", dict(variant="before")),
-               ("tuned (128x128x32, GROUP_M=8)", dict(variant="tuned")),
-               ("tuned, in-kernel centring", dict(variant="tuned", centre=False)))
+#: The issue 14 A/B per precision: (label, launcher keywords); "before" is the former tiles (128 x
+#: 64 tensor-core, 128 x 32 exact-fp32, 4-warp small tiles) in the former order (row blocks
+#: fastest), pre-centred as now, so the rows isolate tiles and order; "in-kernel centring" is
+#: today's tensor-core tiles with x - mu formed in the projection (ieee always forms it there).
+_AB_MMA = (("before (128x64, rows fastest)", dict(variant="before")),
+           ("tuned (128x128x32, GROUP_M=8)", dict(variant="tuned")),
+           ("tuned, in-kernel centring", dict(variant="tuned", centre=False)))
+AB_VARIANTS = {"ieee": (("before (128x32, rows fastest)", dict(variant="before")),
+                        ("tuned (128x128x16, GROUP_M=8)", dict(variant="tuned"))),
+               "tf32": _AB_MMA, "bf16": _AB_MMA}
 AB_SHAPE = (8192, 3072)
 
 
@@ -261,9 +265,10 @@ def _estimate_ab() -> float:
     b, d = AB_SHAPE
     total = d * d / 5e7 + call_seconds(4 / 3 * d**3, kind="fp64")  # draws, QR
     for r in (d, 256):
-        for kind in ("tf32", "bf16"):
+        for precision, variants in AB_VARIANTS.items():
+            kind = "fp32" if precision == "ieee" else precision
             call = call_seconds(4 * b * d * r, kind=kind, nbytes=2 * b * d * 4, launches=3)
-            total += len(AB_VARIANTS) * (bench_seconds(call) + 4.0)  # + a JIT compile each
+            total += len(variants) * (bench_seconds(call) + 4.0)  # + a JIT compile each
     return total
 
 
@@ -277,11 +282,11 @@ def _time_ab(report: Report, device) -> None:
     rest = torch.zeros(1, device=device)
     for r in (d, 256):
         lam_r = lam[:r].float().contiguous()
-        for precision in ("tf32", "bf16"):
+        for precision, variants in AB_VARIANTS.items():
             u_r, u_t = kernel.kernel_basis(u[:, :r], precision)
             case = f"d={d} r={r} B={b} T=1"
             baseline = None
-            for label, options in AB_VARIANTS:
+            for label, options in variants:
                 name = f"gaussian kernels {precision} {label}"
                 call = functools.partial(kernel.denoise, x, sigma, mean.float(), lam_r, u_r, rest, output="denoised",
                                          precision=precision, eigvecs_t=u_t, **options)

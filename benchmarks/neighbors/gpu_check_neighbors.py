@@ -52,17 +52,21 @@ def time_neighbor_plans(report: Report, device) -> None:
     """The candidate kernel alone: the old tiles and splits, each change of issue 14 apart, then all."""
     _, _, _, _, args = _inputs(B, N, D, device, seed=12)
     sms = multiprocessors(device)
-    new_ieee = kernel.split_plan(B, N, sms, kernel.CONFIGS["ieee"].ctas_per_sm)
-    new_tf32x3 = kernel.split_plan(B, N, sms, kernel.CONFIGS["tf32x3"].ctas_per_sm)
-    cases = [("32x64 ieee, cdiv splits (before)", "ieee", 32, _old_plan(triton.cdiv(B, 32), sms)),
-             ("64x64 ieee, cdiv splits", "ieee", 64, _old_plan(triton.cdiv(B, 64), sms)),
-             ("64x64 ieee, wave-rounded splits", "ieee", 64, new_ieee),
-             ("64x64 tf32x3, wave-rounded splits (after)", "tf32x3", 64, new_tf32x3)]
+    ieee, tf32x3, sm90 = kernel.CONFIGS["ieee"], kernel.CONFIGS["tf32x3"], kernel.CONFIGS_SM90["tf32x3"]
+    new_ieee = kernel.split_plan(B, N, sms, ieee.ctas_per_sm)
+    cases = [("32x64 ieee, cdiv splits (before)", "ieee", 32, _old_plan(triton.cdiv(B, 32), sms), ieee),
+             ("64x64 ieee, cdiv splits", "ieee", 64, _old_plan(triton.cdiv(B, 64), sms), ieee),
+             ("64x64 ieee, wave-rounded splits", "ieee", 64, new_ieee, ieee),
+             ("64x64 tf32x3 8 warps, wave-rounded splits", "tf32x3", 64,
+              kernel.split_plan(B, N, sms, tf32x3.ctas_per_sm), tf32x3),
+             ("64x64 tf32x3 4 warps, wave-rounded splits (after)", "tf32x3", 64,
+              kernel.split_plan(B, N, sms, sm90.ctas_per_sm), sm90)]
     first = None
-    for label, precision, block_m, plan in cases:
+    for label, precision, block_m, plan, cfg in cases:
         name = f"nn kernel {label}"
         case = f"N={N} d={D} B={B} grid={plan.grid[0]}x{plan.grid[1]}"
-        ms = bench_ms(lambda: kernel.nn_candidates(*args, 2, precision=precision, plan=plan, block_m=block_m))
+        ms = bench_ms(lambda: kernel.nn_candidates(*args, 2, precision=precision, plan=plan, block_m=block_m,
+                                                   config=cfg))
         report.time(name, case, ms, flops=2 * B * N * D)
         if first is None:
             first = report.timings[-1]
@@ -73,7 +77,7 @@ def time_neighbor_plans(report: Report, device) -> None:
 
 
 def timing_parts() -> list[Part]:
-    """One part: four kernel timings of 2 B N d FLOP each (fp32 and tf32x3 rates)."""
+    """One part: five kernel timings of 2 B N d FLOP each (fp32 and tf32x3 rates)."""
     flops = 2 * B * N * D
-    estimate = 3 * bench_seconds(call_seconds(flops)) + bench_seconds(call_seconds(3 * flops, kind="tf32")) + 5
+    estimate = 3 * bench_seconds(call_seconds(flops)) + 2 * bench_seconds(call_seconds(3 * flops, kind="tf32")) + 8
     return [Part("empirical", f"nearest-neighbour kernel A/B N={N} d={D} B={B}", 2, estimate, time_neighbor_plans)]

@@ -160,7 +160,7 @@ def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
     import gpu_check_lib
 
     version = gpu_check_lib._module_version("triton")
-    rows = [{"kernel": "nn_candidates[tf32x3]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
+    rows = [{"kernel": "nn_candidates[tf32x3,sm90]", "shape": "B=1024,N=50000,d=3072", "predicted_ms": 2.5}]
     (tmp_path / f"roofline-triton{version}.json").write_text(json.dumps({"predictions": rows}))
     monkeypatch.setattr(gpu_check_lib, "PREDICTIONS", tmp_path)
     gpu_check_lib._predictions.cache_clear()
@@ -172,3 +172,21 @@ def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
         gpu_check_lib._predictions.cache_clear()
     assert row.predicted_ms == 2.5 and other.predicted_ms is None
     assert "(predicted 2.500 ms)" in capsys.readouterr().out
+
+
+def test_every_gaussian_ab_timing_row_has_a_model_case():
+    """gpu_check's Gaussian A/B rows (every precision, both ranks) are the names the model predicts,
+    and the 'before' rows name the former builds (before-large, before-narrow or small)."""
+    import gpu_check_gaussian
+
+    cases = rm.gpu_check_cases()
+    for precision, variants in gpu_check_gaussian.AB_VARIANTS.items():
+        for label, options in variants:
+            for r in (3072, 256):
+                key = (f"gaussian kernels {precision} {label}", f"d=3072 r={r} B=8192 T=1")
+                assert (key in cases) == ("centre" not in options), key  # in-kernel centring: no model row
+                if key in cases and options.get("variant") == "before":
+                    names = [k for k, _ in cases[key]["kernels"]]
+                    assert all("before" in n or "[small," in n for n in names if n.startswith("gaussian")), names
+    narrow = cases[("fastgauss per-sample bf16", "d=3072 r=256 B=8192 T=1")]["kernels"]
+    assert ("gaussian_project[narrow,bf16]", "B=8192,d=3072,r=256") in narrow

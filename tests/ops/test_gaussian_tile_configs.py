@@ -44,12 +44,13 @@ def test_forced_config_matches_float64_reference(cfg, precision, centre, monkeyp
 
 def test_large_tensor_core_tiles_only_on_aligned_operands():
     """128 x 128 tiles build without spills only as the JIT specialises aligned operands: the
-    launcher checks alignment and falls back to 128 x 64 otherwise (the ieee tiles do not care)."""
-    assert kernel.plan("tf32", 8192, 1, 3072, 3072).project.config == kernel.CONFIGS[("mma", "large")]
-    for kind in ("project", "reconstruct"):
-        assert getattr(kernel.plan("bf16", 8192, 1, 3072, 3072, aligned=False), kind).config == \
-            kernel.CONFIGS[("mma", "large-unaligned")]
-    assert kernel.plan("ieee", 8192, 1, 3072, 3072, aligned=False).project.config == kernel.CONFIGS[("fma", "large")]
+    launcher checks alignment and falls back to 128 x 64 (tensor cores) or 128 x 32 (ieee) otherwise."""
+    for precision, family in (("tf32", "mma"), ("bf16", "mma"), ("ieee", "fma")):
+        assert kernel.plan(precision, 8192, 1, 3072, 3072).project.config == kernel.CONFIGS[(family, "large")]
+        for kind in ("project", "reconstruct"):
+            assert getattr(kernel.plan(precision, 8192, 1, 3072, 3072, aligned=False), kind).config == \
+                kernel.CONFIGS[(family, "large-unaligned")]
+    assert kernel.CONFIGS[("fma", "large")] != kernel.CONFIGS[("fma", "large-unaligned")]
     buffer = torch.zeros(8, 64)
     assert kernel.operands_aligned((buffer, buffer[1:]), (64, 32))
     assert not kernel.operands_aligned((buffer[:, 1:],), (64,))  # 4 bytes off
@@ -59,7 +60,7 @@ def test_large_tensor_core_tiles_only_on_aligned_operands():
 def test_gate_targets_name_gate_entries_and_the_launch_grids():
     names = {e[0] for e in kernel.gate_entries()}
     targets = list(kernel.gate_targets())
-    assert len(targets) == 2 * (6 * 3 + 4)  # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes; 4 'before' rows
+    assert len(targets) == 2 * (6 * 3 + 6)  # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes; 6 'before' rows
     for name, label, args, grid in targets:
         assert name in names, name
         d, r = args["dim"], args["rank"]
@@ -76,3 +77,23 @@ def test_multi_level_projection_keeps_the_128x64_tiles():
     p = kernel.plan("tf32", 8192, 3, 3072, 3072)
     assert p.project.config == kernel.CONFIGS[("mma", "large-unaligned")]
     assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]
+
+
+def test_narrow_projection_spans_rank_256_in_one_tile():
+    """B >= 1024 rows onto 128 < r <= 256 columns (aligned, T = 1, tensor cores): one 64 x 256
+    tile spans r, so x is read once; otherwise (and in the 'before' variant) the 64 x 64 tiles."""
+    narrow, small = kernel.CONFIGS[("mma", "narrow")], kernel.CONFIGS[("mma", "small")]
+    assert narrow.block_n == 256 and small.block_n == 64
+    for precision in ("tf32", "bf16"):
+        p = kernel.plan(precision, 8192, 1, 3072, 256)
+        assert p.project.config == narrow and p.project.grid == (8192 // 64,) and not p.centred
+        assert p.reconstruct.config == kernel.CONFIGS[("mma", "large")]
+        assert kernel.plan(precision, 8192, 1, 3072, 160).project.config == narrow
+        for other in (kernel.plan(precision, 8192, 2, 3072, 256), kernel.plan(precision, 8192, 1, 3072, 256,
+                      aligned=False), kernel.plan(precision, 8192, 1, 3072, 384), kernel.plan(precision, 512, 1,
+                      3072, 256), kernel.plan(precision, 8192, 1, 3072, 128),
+                      kernel.plan(precision, 8192, 1, 3072, 256, variant="before")):
+            assert other.project.config == small
+    assert kernel.plan("ieee", 8192, 1, 3072, 256).project.config == kernel.CONFIGS[("fma", "small")]
+    names = {e[0] for e in kernel.gate_entries()}
+    assert "gaussian_project[narrow,bf16]" in names and "gaussian_reconstruct[narrow,bf16]" not in names

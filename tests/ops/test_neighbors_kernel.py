@@ -24,8 +24,23 @@ def test_split_plan_fills_whole_waves_at_the_target_shape():
     assert kernel.wave_efficiency(16 * 16, 132) == pytest.approx(256 / 264)
     assert kernel.wave_efficiency(32 * 9, 132) == pytest.approx(288 / 396)
     for name, _, int_args, grid in kernel.gate_targets():  # the gate compiles what the launcher runs
-        plan = kernel.split_plan(1024, 50_000, 132, kernel.CONFIGS[name[14:-1]].ctas_per_sm)
+        plan = kernel.split_plan(1024, 50_000, 132, kernel.entry_config(name).ctas_per_sm)
         assert grid == plan.grid and int_args["rows_per_split"] == plan.rows_per_split
+
+
+def test_sm90_tf32x3_configuration_is_built_and_chosen_for_sm90_only(monkeypatch):
+    """tf32x3 on sm_90 takes one 64x64x8 warpgroup (4 warps, 2 CTAs per SM, 33 splits at the
+    target); the gate builds that entry on sm_90 only (it spills on sm_80) and CPU launches keep
+    CONFIGS."""
+    sm90 = kernel.CONFIGS_SM90["tf32x3"]
+    assert sm90.num_warps == 4 and sm90.ctas_per_sm == 2 and sm90 != kernel.CONFIGS["tf32x3"]
+    assert kernel.CONFIGS_SM90["ieee"] == kernel.CONFIGS["ieee"]
+    assert kernel.gate_archs() == {"nn_candidates[tf32x3,sm90]": (90,)}
+    assert kernel.entry_config("nn_candidates[tf32x3,sm90]") == sm90
+    assert kernel.device_config("tf32x3", torch.device("cpu")) == kernel.CONFIGS["tf32x3"]
+    for major, expected in ((9, sm90), (8, kernel.CONFIGS["tf32x3"])):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert kernel.device_config("tf32x3", torch.device("cuda", 0)) == expected
 
 
 @settings(max_examples=300, deadline=None)
