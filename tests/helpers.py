@@ -1,4 +1,7 @@
-"""Shared test helpers: dtype-aware tolerances, NaN poisoning, relative errors."""
+"""Shared test helpers: dtype-aware tolerances, NaN poisoning, relative errors, a peak-RSS sampler."""
+
+import os
+import threading
 
 import torch
 
@@ -27,3 +30,51 @@ def random_chunks(generator: torch.Generator, n: int, max_chunk: int) -> list[in
         sizes.append(min(size, left))
         left -= sizes[-1]
     return sizes
+
+
+class PeakRSS:
+    """The peak resident set of this process while a ``with`` block runs, sampled by a thread.
+
+    ``peak.extra`` (bytes) is the peak above the resident set at entry. Linux only (/proc/self/statm).
+    Run it in a fresh process started with MALLOC_MMAP_THRESHOLD_=65536 and MALLOC_TRIM_THRESHOLD_=0:
+    large blocks are then always mmap'ed and freed memory leaves the resident set, so the peak resident
+    set is the peak of live allocations (tests/ops/test_empirical.py, benchmarks/bench_empirical.py).
+
+    >>> with PeakRSS() as peak:
+    ...     block = bytearray(1 << 20)
+    >>> peak.extra >= 0
+    True
+    """
+
+    def __init__(self):
+        self.base = self.peak = 0
+        self._running = False
+        self._thread = None
+
+    @staticmethod
+    def rss() -> int:
+        """The resident set now, bytes."""
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while self._running:
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+        return False
+
+    @property
+    def extra(self) -> int:
+        """Bytes of the peak above the resident set at entry."""
+        return self.peak - self.base

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,7 +105,9 @@ def test_nearest_neighbors(benchmark, training_set, method):
 
 
 _PEAK_SCRIPT = textwrap.dedent("""
-    import json, sys, threading, torch, fastgauss
+    import json, sys, torch, fastgauss
+    sys.path.insert(0, sys.argv[2])
+    from helpers import PeakRSS
     torch.set_num_threads(2)
     b, n, d = 256, 100_000, 64
     g = torch.Generator().manual_seed(0)
@@ -112,32 +115,22 @@ _PEAK_SCRIPT = textwrap.dedent("""
     den = fastgauss.EmpiricalDenoiser(data)
     # the same shapes once before the baseline: BLAS workspaces and lazy loads are not ours
     den(x, 1.0) if sys.argv[1] == "fastgauss" else torch.softmax(-torch.cdist(x, data[:2000]) ** 2, 1) @ data[:2000]
-    def rss():  # resident set now, bytes
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-    peak, running = [0], [True]
-    def sample():
-        while running[0]:
-            peak[0] = max(peak[0], rss())
-    base = rss()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    if sys.argv[1] == "fastgauss":
-        den(x, 1.0)
-    else:
-        torch.softmax(-torch.cdist(x, data) ** 2 / 2.0, dim=1) @ data
-    running[0] = False
-    sampler.join()
-    print(json.dumps({"peak_minus_base_bytes": max(peak[0], rss()) - base}))
+    with PeakRSS() as peak:
+        if sys.argv[1] == "fastgauss":
+            den(x, 1.0)
+        else:
+            torch.softmax(-torch.cdist(x, data) ** 2 / 2.0, dim=1) @ data
+    print(json.dumps({"peak_minus_base_bytes": peak.extra}))
 """)
+TESTS = str(Path(__file__).resolve().parents[1] / "tests")  # helpers.PeakRSS, the sampler the tests use
 
 
 def _peak(method: str) -> int:
     # Large blocks always mmap'ed (no dynamic threshold): freed memory leaves the resident set,
     # so the peak resident set is the peak of live allocations.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, method], capture_output=True, text=True, check=True,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, method, TESTS], capture_output=True, text=True,
+                         check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_minus_base_bytes"]
 
 

@@ -62,3 +62,53 @@ def test_the_fix_is_off_without_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert compat.apply() is False
     assert not compat.interpreting()
+
+
+@triton.jit
+def _xor_and_sort(x_ptr, rows_ptr, cols_ptr, all_ptr, sorted_ptr, M: tl.constexpr, N: tl.constexpr):
+    offs = tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :]
+    x = tl.load(x_ptr + offs)
+    tl.store(rows_ptr + tl.arange(0, M), tl.xor_sum(x, 1))
+    tl.store(cols_ptr + tl.arange(0, N), tl.xor_sum(x, 0))
+    tl.store(all_ptr + tl.arange(0, 1), tl.xor_sum(tl.reshape(x, (M * N,)), 0, keep_dims=True))
+    tl.store(sorted_ptr + offs, tl.sort(x, dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_xor_sum_and_sort_on_the_numpy_path_match_torch(dtype, monkeypatch):
+    """xor_sum over each axis and tl.sort (its compare-and-swap stages are xor sums) take the numpy
+    path, never the interpreter's per-element loop, and give torch's integers bit for bit."""
+    assert compat.apply_xor_reduce() and getattr(interpreter.ReduceOps.apply_impl, compat._XOR_MARK)
+
+    def no_loop(self, input):
+        raise AssertionError("the per-element reduce ran for xor_sum")
+
+    monkeypatch.setattr(interpreter.ReduceOps, "generic_reduce", no_loop)
+    g = torch.Generator().manual_seed(int(dtype == torch.int64))
+    info = torch.iinfo(dtype)
+    x = torch.randint(info.min, info.max, (8, 16), generator=g, dtype=dtype)
+    x[0, :3] = x[0, 3]  # ties in a sorted row
+    rows, cols, every = torch.zeros(8, dtype=dtype), torch.zeros(16, dtype=dtype), torch.zeros(1, dtype=dtype)
+    out = torch.zeros_like(x)
+    _xor_and_sort[(1,)](x, rows, cols, every, out, M=8, N=16)
+
+    def xor(t, dim):
+        acc = t.select(dim, 0).clone()
+        for i in range(1, t.shape[dim]):
+            acc ^= t.select(dim, i)
+        return acc
+
+    assert torch.equal(rows, xor(x, 1)) and torch.equal(cols, xor(x, 0))
+    assert torch.equal(every, xor(x.reshape(-1, 1), 0))
+    assert torch.equal(out, x.sort(dim=1).values)
+
+
+def test_xor_path_leaves_other_combine_functions_to_the_interpreter():
+    patched = interpreter.ReduceOps.apply_impl
+    assert compat.apply_xor_reduce() is True and interpreter.ReduceOps.apply_impl is patched  # idempotent
+    assert patched.__wrapped__ is not patched
+    x = torch.arange(12, dtype=torch.int32)
+    bounds = torch.tensor([0, 5, 12], dtype=torch.int32)
+    out = torch.zeros(2)
+    _segment_sums[(2,)](x.float(), bounds, out, BLOCK=4)  # tl.sum: the interpreter's own numpy path
+    assert out.tolist() == [10.0, 56.0]

@@ -219,7 +219,9 @@ def test_non_viewable_data_is_never_copied_whole(backend):
 
 
 _PEAK_SCRIPT = r"""
-import json, sys, threading, torch, fastgauss
+import json, sys, torch, fastgauss
+sys.path.insert(0, sys.argv[2])
+from helpers import PeakRSS
 torch.set_num_threads(1)
 n, d, b = int(sys.argv[1]), 12288, 64
 g = torch.Generator().manual_seed(0)
@@ -227,23 +229,12 @@ data = torch.rand(n, d, generator=g) * 2 - 1
 x = data[:b] + 0.05 * torch.randn(b, d, generator=g)
 v = torch.randn(2, b, d, generator=g)
 fastgauss.EmpiricalDenoiser(data[:40]).jvp(x[:2], 0.5, v[:, :2])  # lazy loads, BLAS workspaces
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-peak, running = [0], [True]
-def sample():
-    while running[0]:
-        peak[0] = max(peak[0], rss())
-base = rss()
-t = threading.Thread(target=sample)
-t.start()
-den = fastgauss.EmpiricalDenoiser(data)
-den(x, 0.5)
-den.jvp(x, 0.01, v)
-fastgauss.empirical_denoise(x, 0.002, data)
-running[0] = False
-t.join()
-print(json.dumps({"extra": max(peak[0], rss()) - base, "data": data.numel() * 4}))
+with PeakRSS() as peak:
+    den = fastgauss.EmpiricalDenoiser(data)
+    den(x, 0.5)
+    den.jvp(x, 0.01, v)
+    fastgauss.empirical_denoise(x, 0.002, data)
+print(json.dumps({"extra": peak.extra, "data": data.numel() * 4}))
 """
 
 
@@ -253,10 +244,12 @@ def test_peak_memory_at_ffhq_width_is_bounded():
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", FASTGAUSS_BACKEND="torch")
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "1500"], capture_output=True, text=True, env=env,
-                         timeout=600)
+    tests = str(Path(__file__).resolve().parents[1])  # for helpers.PeakRSS
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "1500", tests], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"peak extra {got['extra'] / 1e6:.1f} MB for {got['data'] / 1e6:.1f} MB of data")
