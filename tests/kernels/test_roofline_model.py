@@ -177,6 +177,7 @@ def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
 def test_every_gaussian_ab_timing_row_has_a_model_case():
     """gpu_check's Gaussian A/B rows (every precision, both ranks) are the names the model predicts,
     and the 'before' rows name the former builds (before-large, before-narrow or small)."""
+    import gpu_check  # noqa: F401  (puts benchmarks/<family>/ on the path)
     import gpu_check_gaussian
 
     cases = rm.gpu_check_cases()

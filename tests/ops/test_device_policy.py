@@ -77,9 +77,11 @@ def test_gaussian_denoise_functional_never_moves_its_operands():
     u = torch.linalg.qr(torch.randn(6, 2))[0]
     x = torch.randn(3, 6)
     with pytest.raises(ValueError, match=_fix("mean", "meta", "x", "cpu")):
-        fastgauss.gaussian_denoise(x, 0.5, torch.zeros(6, device=META), u, torch.ones(2))
+        fastgauss.gaussian_denoise(x, 0.5, torch.zeros(6, device=META), torch.ones(2), u)
+    with pytest.raises(ValueError, match=_fix("eigvals", "meta", "x", "cpu")):
+        fastgauss.gaussian_denoise(x, 0.5, torch.zeros(6), torch.ones(2, device=META), u)
     with pytest.raises(ValueError, match=_fix("eigvecs", "meta", "x", "cpu")):
-        fastgauss.gaussian_denoise(x, 0.5, torch.zeros(6), u.to(META), torch.ones(2))
+        fastgauss.gaussian_denoise(x, 0.5, torch.zeros(6), torch.ones(2), u.to(META))
 
 
 # ---------------------------------------------------------------- empirical
