@@ -126,7 +126,7 @@ def _predictions(triton_version: str) -> tuple:
 def predicted_ms(name: str, case: str) -> float | None:
     """The static model's time for a timing row, from the predictions of the running Triton's
     version (written by ``python benchmarks/roofline_model.py --json``); None when it has none."""
-    from roofline_model import predicted_ms as lookup
+    from roofline_calls import predicted_ms as lookup
 
     rows = _predictions(_module_version("triton"))
     return lookup(list(rows), name, case) if rows else None

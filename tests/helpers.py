@@ -78,3 +78,16 @@ class PeakRSS:
     def extra(self) -> int:
         """Bytes of the peak above the resident set at entry."""
         return self.peak - self.base
+
+
+def random_gaussian(d: int = 6, rank: int | None = None, lam_rest=0.0, seed: int = 0):
+    """(GaussianDenoiser in float64 of a random well-conditioned covariance [d, d], the generator
+    that drew it, for further draws); ``rank`` / ``lam_rest`` as in ``from_covariance``."""
+    import fastgauss
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
+    mean = torch.randn(d, generator=g, dtype=torch.float64)
+    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64, lam_rest=lam_rest)
+    return den, g

@@ -5,17 +5,7 @@ import torch
 
 import fastgauss
 from fastgauss import reference as ref
-from helpers import rel_err
-
-
-def _gaussian(d=6, rank=None, lam_rest=0.0):
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(d, d, generator=g, dtype=torch.float64)
-    cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
-    mean = torch.randn(d, generator=g, dtype=torch.float64)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64,
-                                                     lam_rest=lam_rest)
-    return den, g
+from helpers import random_gaussian, rel_err
 
 
 @pytest.mark.parametrize("n", [1, 2, 18, 40])
@@ -29,7 +19,7 @@ def test_edm_sigmas_match_the_formula(n):
 
 
 def test_closed_form_matches_the_float64_flow_endpoint():
-    den, g = _gaussian(d=7)
+    den, g = random_gaussian(d=7)
     latents = torch.randn(5, 7, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(18)
     expected = ref.gaussian_flow_endpoint(latents * 80.0, 80.0, den.mean, den.eigvals, den.eigvecs)
@@ -49,7 +39,7 @@ def test_closed_form_matches_the_float64_flow_endpoint():
 
 @pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, 0.0), (3, "isotropic")])
 def test_closed_form_equals_euler_as_steps_grow(rank, lam_rest):
-    den, g = _gaussian(d=6, rank=rank, lam_rest=lam_rest)
+    den, g = random_gaussian(d=6, rank=rank, lam_rest=lam_rest)
     latents = torch.randn(4, 6, generator=g, dtype=torch.float64)
     errors, heun = [], []
     for n in (64, 512, 4096):
@@ -64,7 +54,7 @@ def test_closed_form_equals_euler_as_steps_grow(rank, lam_rest):
 
 
 def test_heun_is_more_accurate_than_euler_and_churn_is_reproducible():
-    den, g = _gaussian(d=5)
+    den, g = random_gaussian(d=5)
     latents = torch.randn(3, 5, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(18)
     exact = den.sample(latents, sig)
@@ -103,6 +93,6 @@ def test_sampler_errors_name_the_problem():
         fastgauss.sample_euler(lambda x, s: x * float("nan"), torch.randn(2, 3), sig)
     with pytest.raises(ValueError, match="increase"):
         fastgauss.sample_euler(lambda x, s: x, torch.randn(2, 3), torch.tensor([1.0, 2.0, 0.0]))
-    den, _ = _gaussian(d=3)
+    den, _ = random_gaussian(d=3)
     with pytest.raises(ValueError, match="sigmas"):
         den.sample(torch.randn(2, 3), torch.tensor([0.0, 0.0]))

@@ -8,23 +8,13 @@ import torch
 import fastgauss
 from fastgauss import reference as ref
 from fastgauss.edm import teleport
-from helpers import rel_err
-
-
-def _gaussian(d=6, rank=None, lam_rest=0.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, d, generator=g, dtype=torch.float64)
-    cov = a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
-    mean = torch.randn(d, generator=g, dtype=torch.float64)
-    den = fastgauss.GaussianDenoiser.from_covariance(mean, cov, rank=rank, dtype=torch.float64,
-                                                     lam_rest=lam_rest)
-    return den, g
+from helpers import random_gaussian, rel_err
 
 
 @pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, 0.0), (3, "isotropic")])
 @pytest.mark.parametrize("sigma_to", [0.0, 0.002, 0.7, 12.0, 80.0])
 def test_jump_matches_the_float64_closed_form(rank, lam_rest, sigma_to):
-    den, g = _gaussian(d=7, rank=rank, lam_rest=lam_rest)
+    den, g = random_gaussian(d=7, rank=rank, lam_rest=lam_rest)
     x = 80.0 * torch.randn(5, 7, generator=g, dtype=torch.float64)
     expected = ref.gaussian_flow(x, 80.0, sigma_to, den.mean, den.eigvals, den.eigvecs, float(den.lam_rest))
     assert rel_err(teleport.gaussian_jump(den, x, 80.0, sigma_to), expected) < 1e-12
@@ -34,7 +24,7 @@ def test_jump_matches_the_float64_closed_form(rank, lam_rest, sigma_to):
 
 
 def test_jump_to_zero_is_the_closed_form_sample():
-    den, g = _gaussian(d=6, rank=4, lam_rest="isotropic")
+    den, g = random_gaussian(d=6, rank=4, lam_rest="isotropic")
     latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(10)
     expected = ref.gaussian_flow(latents * 80.0, 80.0, 0.0, den.mean, den.eigvals, den.eigvecs, float(den.lam_rest))
@@ -50,7 +40,7 @@ def test_jump_to_zero_is_the_closed_form_sample():
 @pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
 @pytest.mark.parametrize("rank,lam_rest", [(None, 0.0), (3, "isotropic")])
 def test_with_the_gaussian_as_network_teleporting_changes_only_discretisation_error(sampler, rank, lam_rest):
-    den, g = _gaussian(d=6, rank=rank, lam_rest=lam_rest)
+    den, g = random_gaussian(d=6, rank=rank, lam_rest=lam_rest)
     latents = torch.randn(4, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(18)
     exact = den.sample(latents, sig)
@@ -70,7 +60,7 @@ def test_with_the_gaussian_as_network_teleporting_changes_only_discretisation_er
 
 
 def test_trajectory_records_the_jump_and_the_nfe():
-    den, g = _gaussian(d=5)
+    den, g = random_gaussian(d=5)
     latents = torch.randn(2, 5, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(18)
     i = next(k for k, s in enumerate(sig.tolist()) if s <= 1.0)
@@ -111,7 +101,7 @@ def _probes(den, g, n=64):
 
 @pytest.mark.parametrize("sampler", [fastgauss.sample_euler, fastgauss.sample_heun])
 def test_auto_with_the_gaussian_as_network_jumps_to_the_closed_form(sampler):
-    den, g = _gaussian(d=6, rank=4, lam_rest="isotropic")
+    den, g = random_gaussian(d=6, rank=4, lam_rest="isotropic")
     latents = torch.randn(3, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(12)
     choice = teleport.choose_switch(den, den, sig.tolist(), data=_probes(den, g, 16), tol=1e-6, probes=4)
@@ -122,7 +112,7 @@ def test_auto_with_the_gaussian_as_network_jumps_to_the_closed_form(sampler):
 
 
 def test_auto_never_switches_below_where_the_network_leaves_the_gaussian():
-    den, g = _gaussian(d=6)
+    den, g = random_gaussian(d=6)
     data = _probes(den, g)
     sig = fastgauss.edm_sigmas(18)
     net = _GaussianAbove(den, level=2.0, offset=0.5)  # the Gaussian above sigma 2, 0.5 off below
@@ -151,7 +141,7 @@ class _GaussianBelow(_GaussianAbove):
 def test_a_mismatch_at_the_top_counts_as_little_as_it_moves_the_samples():
     # Off by 0.2 above sigma 30 (where EDM's networks differ most from the Gaussian): a rule that
     # asks the RMSE to be small at every jumped level never jumps; the end point barely moves.
-    den, g = _gaussian(d=6)
+    den, g = random_gaussian(d=6)
     sig = fastgauss.edm_sigmas(18).tolist()
     net = _GaussianBelow(den, level=30.0, offset=0.2)
     choice = teleport.choose_switch(net, den, sig, data=_probes(den, g), tol=0.02)
@@ -163,7 +153,7 @@ def test_a_mismatch_at_the_top_counts_as_little_as_it_moves_the_samples():
 def test_the_bound_is_the_end_point_change_for_an_offset_along_the_top_eigenvector():
     # D = Gaussian + c, c along the top eigenvector: the flow stays linear, every J c is parallel,
     # so the bound E(s) equals the change of the end point a jump to s makes (up to quadrature).
-    den, g = _gaussian(d=6)
+    den, g = random_gaussian(d=6)
     c = 0.05 * den.eigvecs[:, 0]
     net = _GaussianAbove(den, level=1e9, offset=c)
     sig = fastgauss.edm_sigmas(64).tolist()
@@ -200,7 +190,7 @@ def test_auto_on_a_memorizing_denoiser_stops_above_where_the_gaussian_fails():
 
 def test_the_end_point_check_moves_the_jump_up_when_the_bound_is_too_hopeful():
     # A network whose mismatch grows with sigma fools the first-order bound's contraction...
-    den, g = _gaussian(d=6)
+    den, g = random_gaussian(d=6)
 
     class Steep(torch.nn.Module):
         def forward(self, x, sigma):
@@ -217,7 +207,7 @@ def test_the_end_point_check_moves_the_jump_up_when_the_bound_is_too_hopeful():
 
 
 def test_auto_switch_reads_an_analyze_report(tmp_path):
-    den, _ = _gaussian(d=4)
+    den, _ = random_gaussian(d=4)
     sig = fastgauss.edm_sigmas(18).tolist()
     # The Gaussian down to sigma 1, far from it below: the bound is 0 down to the last level >= 1.
     report = {"per_sigma": {"sigma": [0.001, 0.5, 1.0, 10.0, 80.0], "rmse_gaussian": [1.0, 1.0, 0.0, 0.0, 0.0]}}
@@ -251,7 +241,7 @@ def test_schedule_is_clipped_to_the_models_range():
 
 
 def test_bad_teleport_arguments_name_themselves():
-    den, g = _gaussian(d=6)
+    den, g = random_gaussian(d=6)
     latents = torch.randn(2, 6, generator=g, dtype=torch.float64)
     sig = fastgauss.edm_sigmas(8)
     with pytest.raises(ValueError, match="switch_sigma.*above"):
@@ -259,7 +249,7 @@ def test_bad_teleport_arguments_name_themselves():
     for bad in (-1.0, math.nan, "soon"):
         with pytest.raises(ValueError, match="switch_sigma"):
             fastgauss.sample_heun(den, latents, sig, gaussian=den, switch_sigma=bad)
-    other, _ = _gaussian(d=5)
+    other, _ = random_gaussian(d=5)
     with pytest.raises(ValueError, match="gaussian.*5 features.*latents have 6"):
         fastgauss.sample_euler(den, latents, sig, gaussian=other, switch_sigma=1.0)
     with pytest.raises(ValueError, match="switch_sigma"):

@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import roofline_calls as rc  # noqa: E402
 import roofline_model as rm  # noqa: E402
 
 CLOCK, SMS = 1.98e9, 132
@@ -86,16 +87,16 @@ def test_gpu_check_lookup_sums_the_kernels_of_a_row():
              "predicted_ms": 6.0},
             {"kernel": "centered_gram[large,ieee,sym]",
              "shape": "N=50000,d=3072 (1 launch, 1 split, before, 848 rows)", "predicted_ms": 0.5}]
-    assert rm.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
-    assert rm.predicted_ms(rows, "gaussian kernels tf32 tuned (128x128x32, GROUP_M=8)",
+    assert rc.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
+    assert rc.predicted_ms(rows, "gaussian kernels tf32 tuned (128x128x32, GROUP_M=8)",
                            "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
-    assert rm.predicted_ms(rows, "fastgauss centred gram tf32", "N=50000 d=3072") == pytest.approx(3.1)
-    assert rm.predicted_ms(rows, "fastgauss centred gram ieee", "N=50000 d=3072") == pytest.approx(4.0)
-    assert rm.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)",
+    assert rc.predicted_ms(rows, "fastgauss centred gram tf32", "N=50000 d=3072") == pytest.approx(3.1)
+    assert rc.predicted_ms(rows, "fastgauss centred gram ieee", "N=50000 d=3072") == pytest.approx(4.0)
+    assert rc.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)",
                            "N=50000 d=3072") == pytest.approx(6.5)
-    assert rm.predicted_ms(rows, "fastgauss per-sample bf16", "d=3072 r=3072 B=8192 T=1") is None
-    assert rm.predicted_ms(rows, "torch eager fp32", "d=3072 r=3072 B=8192 T=1") is None
-    calls = {(c["name"], c["case"]): c for c in rm.calls(rows)}
+    assert rc.predicted_ms(rows, "fastgauss per-sample bf16", "d=3072 r=3072 B=8192 T=1") is None
+    assert rc.predicted_ms(rows, "torch eager fp32", "d=3072 r=3072 B=8192 T=1") is None
+    calls = {(c["name"], c["case"]): c for c in rc.calls(rows)}
     c = calls[("fastgauss centred gram ieee", "N=50000 d=3072")]
     assert c["predicted_ms"] == pytest.approx(4.0)
     assert c["fraction_of_hbm_floor"] == pytest.approx(50_000 * 3072 * 4 / 4.3e12 * 1e3 / 4.0)
@@ -152,7 +153,7 @@ def test_former_plans_reuse_the_build():
     assert last["int_args"]["n_rows"] == 50_000 - 12 * 4096
     rows = rm.model([r])
     assert [p["launches"] for p in rows] == [2, 12, 1]
-    assert rm.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)", "N=50000 d=3072") == \
+    assert rc.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)", "N=50000 d=3072") == \
         pytest.approx(rows[1]["predicted_ms"] + rows[2]["predicted_ms"])
 
 
@@ -180,7 +181,7 @@ def test_every_gaussian_ab_timing_row_has_a_model_case():
     import gpu_check  # noqa: F401  (puts benchmarks/<family>/ on the path)
     import gpu_check_gaussian
 
-    cases = rm.gpu_check_cases()
+    cases = rc.gpu_check_cases()
     for precision, variants in gpu_check_gaussian.AB_VARIANTS.items():
         for label, options in variants:
             for r in (3072, 256):
