@@ -122,7 +122,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
             torch.softmax(-torch.cdist(x, data) ** 2 / 2.0, dim=1) @ data
     print(json.dumps({"peak_minus_base_bytes": peak.extra}))
 """)
-TESTS = str(Path(__file__).resolve().parents[1] / "tests")  # helpers.PeakRSS, the sampler the tests use
+TESTS = str(Path(__file__).resolve().parents[2] / "tests")  # helpers.PeakRSS, the sampler the tests use
 
 
 def _peak(method: str) -> int:

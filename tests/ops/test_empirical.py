@@ -338,6 +338,27 @@ def test_wide_windows_fall_back_to_float64(backend, monkeypatch):
         assert ((jv[0].double() - expected).norm(dim=1) <= 1e-4 * (x.double().norm(dim=1) + expected.norm(dim=1))).all()
 
 
+def test_candidate_records_stay_within_their_budget_when_windows_hold_most_rows(monkeypatch):
+    """sigma near the data's spread puts most rows of a chunk in every window: the float64 near-tie
+    records must still stay within MAX_RECORDS (they grew to B x chunk rows at once before: 168 MB
+    at B = 256, N = 100 000, d = 64 in benchmarks/empirical/bench_empirical.py), and D stays exact."""
+    monkeypatch.setattr(empirical_precision, "MAX_RECORDS", 2000)
+    held, real = [], empirical_precision._Candidates.add
+
+    def spy(self, qid, idx, s):
+        real(self, qid, idx, s)
+        held.append(self.qid.numel())
+
+    monkeypatch.setattr(empirical_precision._Candidates, "add", spy)
+    g = torch.Generator().manual_seed(27)
+    data, x = torch.randn(3000, 8, generator=g), torch.randn(64, 8, generator=g)
+    den = fastgauss.EmpiricalDenoiser(data, device="cpu")
+    out = den(x, 1.0)
+    assert den.last_precision.endswith(EXACT) and held
+    assert max(held) <= 2000, max(held)
+    assert rel_err(out, ref.empirical_denoiser(x, torch.full((64,), 1.0), data)) < 1e-6
+
+
 def _kernel_calls(monkeypatch) -> list:
     from fastgauss.kernels import empirical as kernel
 

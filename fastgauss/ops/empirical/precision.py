@@ -24,8 +24,9 @@ WEIGHT_TOL = 1e-7
 ENOUGH = 1e-6
 #: Rows re-scored per query at most; a query whose window holds more is recomputed in float64.
 WINDOW_CAP = 256
-#: Candidate records (24 bytes each) kept at most during a pass, all queries together.
-MAX_RECORDS = 1 << 21
+#: Candidate records (24 bytes each) kept at most during a pass, all queries together: 8 MB,
+#: a third of the PyTorch path's chunk workspace (``_torch.WORKSPACE_BYTES``).
+MAX_RECORDS = (8 << 20) // 24
 #: Suffix of ``last_precision`` when the exact path ran.
 EXACT = " + float64 near ties"
 
@@ -103,6 +104,26 @@ class _Candidates:
 
     def add(self, qid, idx, s) -> None:
         self.qid, self.idx, self.s = torch.cat([self.qid, qid]), torch.cat([self.idx, idx]), torch.cat([self.s, s])
+
+    def admit(self, inside: torch.Tensor) -> torch.Tensor:
+        """``inside`` [B, c] (a chunk's rows in each query's window) with the rows of queries that
+        would hold more than their share of MAX_RECORDS cleared: those queries overflow now (they
+        are recomputed in float64 whatever their records, so nothing about the result changes),
+        and the records never outgrow MAX_RECORDS, however wide the windows (sigma ~ the data's
+        spread puts most rows of a chunk in them)."""
+        new = inside.sum(1)
+        if self.qid.numel() + int(new.sum()) <= MAX_RECORDS // 2:
+            return inside
+        self.prune()
+        held = torch.bincount(self.qid, minlength=self.batch)
+        over = held + new > max(WINDOW_CAP, MAX_RECORDS // (2 * self.batch))
+        if not over.any():
+            return inside
+        self.overflow |= over
+        self.width = torch.where(over, torch.full_like(self.width, -1.0), self.width)
+        keep = ~over.index_select(0, self.qid)
+        self.qid, self.idx, self.s = self.qid[keep], self.idx[keep], self.s[keep]
+        return inside & ~over[:, None]
 
     def prune(self, final: bool = False) -> None:
         """Drops rows that fell out of their window (their weight is negligible against the

@@ -34,10 +34,8 @@ def _torch_pass(xc, inv_var, data: TrainingSet, probes, sigma_grad, cands: _Cand
             threshold = cands.threshold().to(s.dtype)
             if bool((top.values >= threshold).any()):  # some row of this chunk is in a window
                 inside = s >= threshold[:, None]
-                qid, col = inside.nonzero(as_tuple=True)
+                qid, col = cands.admit(inside).nonzero(as_tuple=True)
                 cands.add(qid, col + start, s[qid, col].to(torch.float64))
-                if cands.qid.numel() > limits.MAX_RECORDS // 2:
-                    cands.prune()
         if plain:  # D only: the running (m, l, acc) of flash attention; no cancellation to avoid
             m_new = torch.maximum(m, top.values)
             alpha = et.rescale(m, m_new)
