@@ -29,7 +29,11 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         try:
-            return _run_on_this_process(args)
+            code = _run_on_this_process(args)
+            # Rank 0 measures and writes after the last step: the others wait for it here instead of
+            # tearing the group down under it (a rank torn down early aborted, exit -6, in CI).
+            dist.barrier()
+            return code
         finally:
             dist.destroy_process_group()
     return _run_on_this_process(args)
