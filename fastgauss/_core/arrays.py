@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from .device import require_device
+
 
 def as_tensor(value, name: str) -> torch.Tensor:
     """A torch view of ``value``: a tensor as is, numpy or cupy arrays through DLPack.
@@ -72,8 +74,6 @@ def probe_stack(v, x: torch.Tensor, name: str = "v", owner: str = "x") -> tuple[
     device (never moved: ``owner`` names what holds that device in the error); returned as a float
     tensor, its shape as given. ValueError naming ``name`` otherwise.
     """
-    from .device import require_device
-
     v = require_device(as_float(as_tensor(v, name)), name, x.device, owner)
     stacked = v.dim() == x.dim() + 1
     if v.shape[int(stacked):] != x.shape:

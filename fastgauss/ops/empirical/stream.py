@@ -8,7 +8,7 @@ import torch
 from . import _torch as et
 from ..._core.arrays import inspectable
 from ..._core.backend import backend_for
-from . import precision as limits  # limits.WINDOW_CAP and limits.MAX_RECORDS read at call time (tests lower them)
+from . import precision as limits  # limits.WINDOW_CAP read at call time (tests lower it)
 from .precision import EXACT, _Candidates, _resolve, windows
 from .training_set import TrainingSet
 
