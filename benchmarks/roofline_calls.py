@@ -35,15 +35,18 @@ def gpu_check_cases() -> dict:
             for p in ("ieee", "tf32", "bf16"):  # the launcher's tiles: large when min(B, r) >= 1024,
                 size = "large" if r >= 1024 else "small"  # narrow (tensor cores) when 128 < r <= 256
                 psize = "narrow" if p != "ieee" and 128 < r <= 256 else size
-                kernels = [(f"gaussian_project[{psize},{p}]", label), (f"gaussian_reconstruct[large,{p}]", label)]
+                project = [(f"gaussian_project[{psize},{p}]", label)]
                 if p != "ieee" and size == "large":  # x - mu formed once per call
-                    kernels.append((f"torch:centre x[{p}]", label))
+                    project.append((f"torch:centre x[{p}]", label))
+                kernels = project + [(f"gaussian_reconstruct[large,{p}]", label)]  # x read again (lam_rest > 0)
+                once = project + [(f"gaussian_reconstruct[large,{p},lam_rest=0]", label)]  # the module's default
                 floor = 2 * b * d * 4 + d * r * _eb(p)  # read x, write D, read U once
-                cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B={b} T=1")] = _case(kernels, floor)
+                cases[(f"fastgauss per-sample {p}", f"d={d} r={r} B={b} T=1")] = _case(once, floor)
                 if d == 3072 and r in (3072, 256):  # the launcher's A/B (_time_ab)
                     case = f"d={d} r={r} B={b} T=1"
                     tuned, former = ("128x128x16", "128x32") if p == "ieee" else ("128x128x32", "128x64")
                     cases[(f"gaussian kernels {p} tuned ({tuned}, GROUP_M=8)", case)] = _case(kernels, floor)
+                    cases[(f"gaussian kernels {p} tuned, x read once (lam_rest = 0)", case)] = _case(once, floor)
                     before = f"{label},before"
                     former_p = "before-large" if size == "large" else "before-narrow" if psize == "narrow" else psize
                     old = [(f"gaussian_project[{former_p},{p}]", before),

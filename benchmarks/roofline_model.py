@@ -32,7 +32,7 @@ B are the same rows: a (column block, split) read once per wave), the empirical 
 
 Per family (``workload``): Gaussian projection (x, pre-centred in the operand dtype at the large
 tensor-core tiles, and U^T; writes C, bf16 in bf16 mode) and reconstruction (C and U; reads x,
-writes D); moments (a launch's rows, its split scratch), times the launches of the label
+writes D; x not read by the READ_X False build, lam_rest = 0); moments (a launch's rows, its split scratch), times the launches of the label
 ('(2 launches)'), each costed as the gate's first; neighbours (queries, rows, keys); the empirical
 denoiser per chunk: distances S = X Y'^T (reads both, writes S fp32), softmax (a program per query:
 its two passes over S's row, the second from HBM unless the resident rows fit L2, writes P; loops
@@ -178,7 +178,7 @@ def workload(kernel: str, constexprs: dict, target: dict, slots: int) -> dict:
             hbm = wave_reads(g, slots, bm * d * ebx, bn * d * eb, b * d * ebx, d * r * eb, coords) + t * b * r * eb
             return {"loops": "main", "main_trips": _cdiv(d, c["BLOCK_K"]), "flops": {prec: 2 * b * d * r},
                     "hbm": hbm, "compulsory": b * d * ebx + d * r * eb + t * b * r * eb, "launches": 1}
-        io = b * d * 4 + t * b * d * 4  # x read in the epilogue, out written
+        io = (0 if c.get("READ_X") is False else b * d * 4) + t * b * d * 4  # x read in the epilogue, out written
         coords = grouped(t * b, d, bm, bn, gm)
         hbm = wave_reads(g, slots, bm * r * eb, bn * r * eb, t * b * r * eb, d * r * eb, coords) + io
         return {"loops": "main", "main_trips": _cdiv(r, c["BLOCK_K"]), "flops": {prec: 2 * t * b * r * d},

@@ -9,7 +9,12 @@ launched only on aligned operands, see ``gaussian.CONFIGS``).
 from __future__ import annotations
 
 from .gaussian import (CONFIGS, CONFIGS_BEFORE, GROUP_M, OUTPUTS, PRECISIONS, ROWS_FASTEST, _key, _project_kernel,
-                       _reconstruct_kernel, plan)
+                       _reconstruct_kernel, basis_transposed, plan)
+
+
+def _differs(key) -> bool:
+    """Whether the "before" variant builds differently: other tiles, or (FMA) the K-major basis."""
+    return CONFIGS_BEFORE[key] != CONFIGS[key] or key[0] == "fma"
 
 
 def configs():
@@ -17,13 +22,13 @@ def configs():
     for (family, size), cfg in CONFIGS.items():
         yield size, cfg, family
     for key, cfg in CONFIGS_BEFORE.items():
-        if CONFIGS[key] != cfg:
+        if _differs(key):
             yield f"before-{key[1]}", cfg, key[0]
 
 
 def _entry_size(precision: str, rows: int, cols: int, variant: str, project: bool) -> str:
     key = _key(precision, rows, cols, True, project)
-    return f"before-{key[1]}" if variant == "before" and CONFIGS_BEFORE[key] != CONFIGS[key] else key[1]
+    return f"before-{key[1]}" if variant == "before" and _differs(key) else key[1]
 
 
 def entries():
@@ -34,23 +39,30 @@ def entries():
         for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
             u_type = "*bf16" if precision == "bf16" else "*fp32"
             centred = family == "mma" and "large" in size
+            fma_tiles = family == "fma" and not size.startswith("before")
             common = {"PRECISION": precision, "EMULATE_BF16": False, "BLOCK_M": cfg.block_m,
                       "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
                       "GROUP_M": ROWS_FASTEST if size.startswith("before") else GROUP_M}
-            project_sig = {"x_ptr": u_type if centred else "*fp32", "mean_ptr": "*fp32", "ut_ptr": u_type,
+            project_sig = {"x_ptr": u_type if centred else "*fp32", "mean_ptr": "*fp32", "basis_ptr": u_type,
                            "eigvals_ptr": "*fp32", "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "cs_ptr": u_type,
                            "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "stride_x": "i32",
-                           "CENTRED": "constexpr", **{k: "constexpr" for k in common}}
+                           "CENTRED": "constexpr", "BASIS_T": "constexpr", **{k: "constexpr" for k in common}}
             yield (f"gaussian_project[{size},{precision}]", _project_kernel, project_sig,
-                   {"CENTRED": centred, **common}, cfg.num_warps, cfg.num_stages, precision != "ieee")
+                   {"CENTRED": centred, "BASIS_T": basis_transposed(True, fma_tiles), **common}, cfg.num_warps,
+                   cfg.num_stages, precision != "ieee")
             if "narrow" in size:  # a projection tile only
                 continue
-            recon_sig = {"cs_ptr": u_type, "x_ptr": "*fp32", "mean_ptr": "*fp32", "u_ptr": u_type,
+            recon_sig = {"cs_ptr": u_type, "x_ptr": "*fp32", "mean_ptr": "*fp32", "basis_ptr": u_type,
                          "sigma_ptr": "*fp32", "rest_ptr": "*fp32", "out_ptr": "*fp32",
                          "n_rows": "i32", "n_levels": "i32", "dim": "i32", "rank": "i32", "output_mode": "i32",
-                         "stride_x": "i32", **{k: "constexpr" for k in common}}
-            yield (f"gaussian_reconstruct[{size},{precision}]", _reconstruct_kernel, recon_sig, common,
-                   cfg.num_warps, cfg.num_stages, precision != "ieee")
+                         "stride_x": "i32", "BASIS_T": "constexpr", "READ_X": "constexpr",
+                         **{k: "constexpr" for k in common}}
+            recon = {"BASIS_T": basis_transposed(False, fma_tiles), **common}
+            for read_x in (True, False) if not size.startswith("before") else (True,):
+                # READ_X False: lam_rest = 0 and D wanted, x not read (the builders' default)
+                yield (f"gaussian_reconstruct[{size},{precision}{'' if read_x else ',lam_rest=0'}]",
+                       _reconstruct_kernel, recon_sig, {**recon, "READ_X": read_x},
+                       cfg.num_warps, cfg.num_stages, precision != "ieee")
 
 
 def targets(batch: int = 8192):
@@ -62,12 +74,13 @@ def targets(batch: int = 8192):
     for d, r, precision, variant in shapes:
         p = plan(precision, batch, 1, d, r, variant=variant)
         label = f"B={batch},d={d},r={r}" + ("" if variant == "tuned" else ",before")
-        for kind, launch, rows, cols in (("project", p.project, batch, r), ("reconstruct", p.reconstruct, batch, d)):
-            size = _entry_size(precision, rows, cols, variant, kind == "project")
-            args = {"n_rows": batch, "n_levels": 1, "dim": d, "rank": r, "stride_x": d}
-            if kind == "reconstruct":
-                args["output_mode"] = OUTPUTS["denoised"]
-            yield f"gaussian_{kind}[{size},{precision}]", label, args, launch.grid
+        args = {"n_rows": batch, "n_levels": 1, "dim": d, "rank": r, "stride_x": d}
+        size = _entry_size(precision, batch, r, variant, True)
+        yield f"gaussian_project[{size},{precision}]", label, args, p.project.grid
+        size = _entry_size(precision, batch, d, variant, False)
+        recon = {**args, "output_mode": OUTPUTS["denoised"]}
+        for suffix in ("", ",lam_rest=0") if variant == "tuned" else ("",):  # D with x read, and without
+            yield f"gaussian_reconstruct[{size},{precision}{suffix}]", label, recon, p.reconstruct.grid
 
 
 def aligned():
@@ -82,3 +95,4 @@ def aligned():
                 yield f"gaussian_project[{size},{precision}]", {**sizes, "n_levels": 1}
                 if size == "large":
                     yield f"gaussian_reconstruct[{size},{precision}]", sizes
+                    yield f"gaussian_reconstruct[{size},{precision},lam_rest=0]", sizes

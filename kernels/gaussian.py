@@ -7,7 +7,12 @@ with w_k(s) = lambda_k / (lambda_k + s^2) (0 where lambda_k + s^2 = 0) and a(s) 
 lambda_rest (0 when discarded directions map to mu). The second launch forms the shrunk
 operand in its prologue and writes D, the score (D - x) / s^2 or eps (x - D) / s in its
 epilogue, for T noise levels from one projection. Two launches because the reconstruction
-needs every column of C: fusing them would need a grid-wide barrier.
+needs every column of C: fusing them would need a grid-wide barrier. When lam_rest = 0 (the
+builders' default) and D is wanted, a = 0 and the reconstruction does not read x at all
+(READ_X): x is read once per call, the HBM floor's count.
+
+The basis tiles follow the product path (``basis_transposed``): K-major for wgmma (U^T for the
+projection, U for the reconstruction), N-contiguous for the FMA dot of the ieee mode (U, U^T).
 
 Operands (issue 14): both tl.dot operands are loaded straight from memory, so they stay in
 shared memory and feed wgmma. The projection reads U^T ([r, d], contiguous, cached with the
@@ -75,15 +80,17 @@ def _centre_kernel(x_ptr, mean_ptr, xc_ptr, n_rows, dim, stride_x,
 
 @triton.jit
 def _project_kernel(
-    x_ptr, mean_ptr, ut_ptr, eigvals_ptr, sigma_ptr, rest_ptr, cs_ptr,
+    x_ptr, mean_ptr, basis_ptr, eigvals_ptr, sigma_ptr, rest_ptr, cs_ptr,
     n_rows, n_levels, dim, rank, stride_x,
-    CENTRED: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CENTRED: tl.constexpr, BASIS_T: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """cs[t, b, k] = ((x_b - mu) . u_k) (w_k(sigma_bt) - a(sigma_bt)) for every level t.
 
-    x: [B, d] (row stride stride_x), already x - mu when CENTRED (mean_ptr unused); ut: U^T
-    [r, d] contiguous; cs: [T, B, r] contiguous, fp32 or bf16 (rounded to nearest even)."""
+    x: [B, d] (row stride stride_x), already x - mu when CENTRED (mean_ptr unused); basis: U^T
+    [r, d] contiguous when BASIS_T (K-major tiles, the tensor-core operand), else U [d, r]
+    contiguous (N-contiguous tiles, the FMA operand: see ``basis_transposed``); cs: [T, B, r]
+    contiguous, fp32 or bf16 (rounded to nearest even)."""
     pid_m, pid_n = grouped_tile(n_rows, rank, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -91,7 +98,8 @@ def _project_kernel(
     mask_m = rows < n_rows
     mask_n = cols < rank
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
-    u_rows = ut_ptr + cols.to(tl.int64)[:, None] * dim
+    u_rows = basis_ptr + cols.to(tl.int64)[:, None] * dim  # BASIS_T: row k of U^T
+    u_cols = basis_ptr + offs_k.to(tl.int64)[:, None] * rank + cols[None, :]  # else: U[k0 + i, cols], moved on
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, dim, BLOCK_K):
         ks = k0 + offs_k
@@ -100,8 +108,12 @@ def _project_kernel(
         if not CENTRED:  # the mean subtracted in registers: the small tiles and the FFMA path
             mu = tl.load(mean_ptr + ks, mask=mask_k, other=0.0)
             x = tl.where(mask_m[:, None] & mask_k[None, :], x - mu[None, :], 0.0)
-        u_t = tl.load(u_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc = _dot(x, tl.trans(u_t), acc, PRECISION, EMULATE_BF16)
+        if BASIS_T:
+            u = tl.trans(tl.load(u_rows + ks[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0))
+        else:
+            u = tl.load(u_cols, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            u_cols += BLOCK_K * rank
+        acc = _dot(x, u, acc, PRECISION, EMULATE_BF16)
     lam = tl.load(eigvals_ptr + cols, mask=mask_n, other=0.0)
     lam_rest = tl.load(rest_ptr)
     # The launcher keeps T * B * r under 2^31: int32 offsets, formed per level (a [BLOCK_M,
@@ -116,15 +128,18 @@ def _project_kernel(
 
 @triton.jit
 def _reconstruct_kernel(
-    cs_ptr, x_ptr, mean_ptr, u_ptr, sigma_ptr, rest_ptr, out_ptr,
+    cs_ptr, x_ptr, mean_ptr, basis_ptr, sigma_ptr, rest_ptr, out_ptr,
     n_rows, n_levels, dim, rank, output_mode, stride_x,
-    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BASIS_T: tl.constexpr, READ_X: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """out[t, b] = x_b + (a_bt - 1)(x_b - mu) + cs[t, b] @ U^T, or the score or eps from it.
 
-    cs: [T, B, r] contiguous; x: [B, d] (row stride stride_x); U: [d, r] contiguous (its
-    tile [BLOCK_K, BLOCK_N] of U^T is K-major); out: [T, B, d] contiguous."""
+    READ_X False (lam_rest = 0 and output D only, so a = 0): out = mu + cs @ U^T, x not read.
+
+    cs: [T, B, r] contiguous; x: [B, d] (row stride stride_x); basis: U [d, r] contiguous (its
+    tile [BLOCK_K, BLOCK_N] of U^T is K-major, the tensor-core operand), or U^T [r, d] contiguous
+    when BASIS_T (N-contiguous, the FMA operand); out: [T, B, d] contiguous."""
     # The launcher keeps T * B * max(d, r) and B * stride_x under 2^31, so in-tile offsets
     # are int32 (int64 tiles cost the epilogue registers).
     pid_m, pid_n = grouped_tile(n_rows * n_levels, dim, BLOCK_M, BLOCK_N, GROUP_M)  # m = t * B + b
@@ -134,29 +149,37 @@ def _reconstruct_kernel(
     mask_m = m < n_rows * n_levels
     mask_n = cols < dim
     cs_rows = cs_ptr + m[:, None] * rank
-    u_cols = u_ptr + cols.to(tl.int64)[None, :] * rank
+    u_cols = basis_ptr + cols.to(tl.int64)[None, :] * rank  # U[cols, k]
+    ut_rows = basis_ptr + offs_k.to(tl.int64)[:, None] * dim + cols[None, :]  # BASIS_T: U^T[k0 + i, cols], moved on
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, rank, BLOCK_K):
         ks = k0 + offs_k
         mask_k = ks < rank
         cs = tl.load(cs_rows + ks[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        u_t = tl.load(u_cols + ks[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = _dot(cs, u_t, acc, PRECISION, EMULATE_BF16)
-    row = m % n_rows
-    sigma = tl.load(sigma_ptr + row * n_levels + m // n_rows, mask=mask_m, other=1.0)
-    base = _shrink(tl.load(rest_ptr), sigma)  # a(sigma): weight of the directions outside span(U)
-    mask = mask_m[:, None] & mask_n[None, :]
-    x = tl.load(x_ptr + row[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    mu = tl.load(mean_ptr + cols, mask=mask_n, other=0.0)
-    centred = x - mu[None, :]
-    if output_mode == 0:  # D = mu + a (x - mu) + acc, x read once (x + (D - x) spilled on sm_80, Triton 3.6)
-        result = mu[None, :] + base[:, None] * centred + acc
-    else:  # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass
-        moved = (base[:, None] - 1.0) * centred + acc
-        if output_mode == 1:
-            result = moved / (sigma * sigma)[:, None]
+        if BASIS_T:
+            u_t = tl.load(ut_rows, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            ut_rows += BLOCK_K * dim
         else:
-            result = -moved / sigma[:, None]
+            u_t = tl.load(u_cols + ks[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = _dot(cs, u_t, acc, PRECISION, EMULATE_BF16)
+    mask = mask_m[:, None] & mask_n[None, :]
+    mu = tl.load(mean_ptr + cols, mask=mask_n, other=0.0)
+    if READ_X:
+        row = m % n_rows
+        sigma = tl.load(sigma_ptr + row * n_levels + m // n_rows, mask=mask_m, other=1.0)
+        base = _shrink(tl.load(rest_ptr), sigma)  # a(sigma): weight of the directions outside span(U)
+        x = tl.load(x_ptr + row[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+        centred = x - mu[None, :]
+        if output_mode == 0:  # D = mu + a (x - mu) + acc, x read once (x + (D - x) spilled on sm_80, Triton 3.6)
+            result = mu[None, :] + base[:, None] * centred + acc
+        else:  # D - x = (a - 1)(x - mu) + acc: the score and eps need no second pass
+            moved = (base[:, None] - 1.0) * centred + acc
+            if output_mode == 1:
+                result = moved / (sigma * sigma)[:, None]
+            else:
+                result = -moved / sigma[:, None]
+    else:  # a = 0: the same sum as mu + 0 (x - mu) + acc for a finite x (up to the sign of a zero)
+        result = mu[None, :] + acc
     tl.store(out_ptr + m[:, None] * dim + cols[None, :], result, mask=mask)
 
 
@@ -203,11 +226,13 @@ def _size(rows: int, cols: int) -> str:
 
 @dataclass(frozen=True)
 class Launch:
-    """One launch: its tiles, its 1-D grid and the GROUP_M of its tile order."""
+    """One launch: its tiles, its 1-D grid, the GROUP_M of its tile order, and whether it reads the
+    basis as U^T [r, d] (``basis_t``) or as U [d, r] (see ``basis_transposed``)."""
 
     config: TileConfig
     grid: tuple
     group_m: int
+    basis_t: bool
 
 
 @dataclass(frozen=True)
@@ -228,16 +253,29 @@ def plan(precision: str, n_rows: int, n_levels: int, dim: int, rank: int, *, var
     compute-bound case where an operand built in registers costs the wgmma pipeline (at small r
     the projection is bound by reading x, and the extra pass over x would cost more)."""
     group_m = GROUP_M if variant == "tuned" else ROWS_FASTEST
+    fma_tiles = precision == "ieee" and variant == "tuned"
     launches = []
     # The 128 x 128 projection spills when its level loop is not unrolled (T > 1: the JIT
     # makes n_levels = 1 a constant): 128 x 64 then.
     for rows, cols, wide in ((n_rows, rank, aligned and n_levels == 1), (n_rows * n_levels, dim, aligned)):
         cfg = choose_config(precision, rows, cols, variant, wide, not launches)
         grid = (triton.cdiv(rows, cfg.block_m) * triton.cdiv(cols, cfg.block_n),)
-        launches.append(Launch(cfg, grid, group_m))
+        launches.append(Launch(cfg, grid, group_m, basis_transposed(not launches, fma_tiles)))
     if centre is None:
         centre = precision != "ieee" and _size(n_rows, rank) == "large"
     return Plan(launches[0], launches[1], centre)
+
+
+def basis_transposed(project: bool, fma_tiles: bool) -> bool:
+    """Whether a launch reads the basis as U^T [r, d] (else as U [d, r]).
+
+    The tensor-core dots want K-major B tiles: U^T for the projection (k runs over d), U for the
+    reconstruction (k over r). The FMA dot wants the opposite, N-contiguous tiles: the lanes of a
+    warp share k and own consecutive columns, so each 16-byte shared load of a K-major tile puts
+    all 32 lanes in the same four banks (256-byte lane stride, 32 wavefronts instead of 4; sm_90
+    SASS of the 128 x 128 FFMA tiles). ``fma_tiles``: the ieee launches of the tuned variant
+    (the "before" variant keeps the former K-major tiles for gpu_check's A/B)."""
+    return project != fma_tiles
 
 
 def kernel_basis(eigvecs: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,14 +297,16 @@ _INT32_LIMIT = 2**31 - 1
 
 
 def denoise(x, sigma, mean, eigvals, eigvecs, lam_rest, *, output: str, precision: str, eigvecs_t=None,
-            variant: str = "tuned", centre: bool | None = None) -> torch.Tensor:
+            variant: str = "tuned", centre: bool | None = None, rest_zero: bool = False) -> torch.Tensor:
     """Gaussian denoiser for T levels in two launches (three with pre-centring): returns [T, B, d] float32.
 
     Data first, then the Gaussian as (mean, eigvals, eigvecs, lam_rest), the library's one order.
     x: [B, d] float32 (any row stride; copied if its columns are strided); sigma: [B, T] float32
     contiguous; mean: [d] float32; eigvals: [r] float32; eigvecs: [d, r] contiguous, float32 or
     bfloat16 (bf16 mode); eigvecs_t: its transpose [r, d] contiguous (``kernel_basis``; formed
-    here when None); lam_rest: [1] float32 (0: discarded directions map to mu);
+    here when None); lam_rest: [1] float32 (0: discarded directions map to mu); rest_zero: the
+    caller knows lam_rest is 0, so D = mu + U C needs no second read of x (output "denoised"; x
+    must be finite, as the op checks; False is always correct);
     output: "denoised", "score" or "eps"; precision: "ieee", "tf32" or "bf16". ``variant``
     "before" launches the tiles and order before issue 14 and ``centre`` forces pre-centring
     on or off: both for benchmarks and tests, the results are the same to rounding.
@@ -284,12 +324,13 @@ def denoise(x, sigma, mean, eigvals, eigvecs, lam_rest, *, output: str, precisio
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         _denoise_rows(x[start:stop], mean, eigvecs, eigvecs_t, eigvals, sigma[start:stop], lam_rest,
-                      out[:, start:stop], output=output, precision=precision, variant=variant, centre=centre)
+                      out[:, start:stop], output=output, precision=precision, variant=variant, centre=centre,
+                      read_x=not (rest_zero and output == "denoised" and variant == "tuned"))
     return out
 
 
 def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, precision, variant="tuned",
-                  centre=None):
+                  centre=None, read_x=True):
     n, d = x.shape
     r = u.shape[1]
     levels = sigma.shape[1]
@@ -298,12 +339,14 @@ def _denoise_rows(x, mean, u, u_t, eigvals, sigma, lam_rest, out, *, output, pre
     p = plan(precision, n, levels, d, r, variant=variant, centre=centre, aligned=aligned)
     shrunk = torch.empty((levels, n, r), dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                          device=x.device)
-    project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, p.project, centred=p.centred, precision=precision)
+    project(x, mean, u_t if p.project.basis_t else u, eigvals, sigma, lam_rest, shrunk, p.project,
+            centred=p.centred, precision=precision)
     cfg = p.reconstruct.config
     _reconstruct_kernel[p.reconstruct.grid](
-        shrunk, x, mean, u, sigma, lam_rest, staged, n, levels, d, r, OUTPUTS[output], x.stride(0),
-        PRECISION=precision, EMULATE_BF16=_interpreting(x), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, GROUP_M=p.reconstruct.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        shrunk, x, mean, u_t if p.reconstruct.basis_t else u, sigma, lam_rest, staged, n, levels, d, r,
+        OUTPUTS[output], x.stride(0), BASIS_T=p.reconstruct.basis_t, READ_X=read_x, PRECISION=precision,
+        EMULATE_BF16=_interpreting(x), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=p.reconstruct.group_m, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if staged is not out:
         out.copy_(staged)
 
@@ -314,17 +357,18 @@ def operands_aligned(tensors, sizes) -> bool:
     return all(t.data_ptr() % 16 == 0 for t in tensors) and all(n % 16 == 0 for n in sizes)
 
 
-def project(x, mean, u_t, eigvals, sigma, lam_rest, shrunk, launch: Launch, *, centred: bool, precision: str):
-    """Fill shrunk ([T, B, r] contiguous, fp32 or bf16) with the projection's shrunk coefficients."""
+def project(x, mean, basis, eigvals, sigma, lam_rest, shrunk, launch: Launch, *, centred: bool, precision: str):
+    """Fill shrunk ([T, B, r] contiguous, fp32 or bf16) with the projection's shrunk coefficients;
+    basis: U^T [r, d] when ``launch.basis_t``, else U [d, r], contiguous in the kernels' dtype."""
     n, d = x.shape
     if centred:
         x = centred_rows(x, mean, torch.bfloat16 if precision == "bf16" else torch.float32)
     cfg = launch.config
     _project_kernel[launch.grid](
-        x, mean, u_t, eigvals, sigma, lam_rest, shrunk, n, sigma.shape[1], d, u_t.shape[0], x.stride(0),
-        CENTRED=centred, PRECISION=precision, EMULATE_BF16=_interpreting(x), BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=launch.group_m, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
+        x, mean, basis, eigvals, sigma, lam_rest, shrunk, n, sigma.shape[1], d, shrunk.shape[2], x.stride(0),
+        CENTRED=centred, BASIS_T=launch.basis_t, PRECISION=precision, EMULATE_BF16=_interpreting(x),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=launch.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _interpreting(t: torch.Tensor) -> bool:

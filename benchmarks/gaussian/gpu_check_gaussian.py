@@ -79,7 +79,8 @@ def _mismatch(a: torch.Tensor, b: torch.Tensor) -> float:
 def _check_operand_bits(report: Report, device, *, smoke: bool) -> None:
     """Issue 14's bit-identity claims on this device: x - mu pre-centred in bf16 is the rounding
     to nearest even of the fp32 difference; C stored in bf16 is the bf16 rounding of the fp32 C
-    the same launch writes; the denoiser with and without pre-centring, same tiles and order."""
+    the same launch writes; the denoiser with and without pre-centring, same tiles and order; and
+    at lam_rest = 0 with and without the reconstruction's read of x."""
     b, d, r = (70, 67, 41) if smoke else (1100, 1040, 1040)
     mean, lam, u = _gaussian(d, r, 11, "cpu")
     g = torch.Generator().manual_seed(12)
@@ -102,6 +103,13 @@ def _check_operand_bits(report: Report, device, *, smoke: bool) -> None:
         outs = [kernel.denoise(x, sigma, mean32, lam32, basis[0], rest, output="denoised", precision=precision,
                                eigvecs_t=basis[1], centre=centre) for centre in (False, True)]
         report.check(f"gaussian pre-centred = in-kernel {precision}", f"B={b} d={d} r={r}",
+                     _mismatch(outs[0], outs[1]), 0.0)
+    zero = torch.zeros(1, device=device)
+    for precision in ("ieee", "tf32", "bf16"):  # lam_rest = 0: D without the second read of x, same values
+        basis = kernel.kernel_basis(u.to(device), precision)
+        outs = [kernel.denoise(x, sigma, mean32, lam32, basis[0], zero, output="denoised", precision=precision,
+                               eigvecs_t=basis[1], rest_zero=once) for once in (False, True)]
+        report.check(f"gaussian x read once = twice (lam_rest 0) {precision}", f"B={b} d={d} r={r}",
                      _mismatch(outs[0], outs[1]), 0.0)
 
 
@@ -249,14 +257,17 @@ def _time_sampling(report: Report, device) -> None:
 
 
 #: The issue 14 A/B per precision: (label, launcher keywords); "before" is the former tiles (128 x
-#: 64 tensor-core, 128 x 32 exact-fp32, 4-warp small tiles) in the former order (row blocks
-#: fastest), pre-centred as now, so the rows isolate tiles and order; "in-kernel centring" is
-#: today's tensor-core tiles with x - mu formed in the projection (ieee always forms it there).
+#: 64 tensor-core, 128 x 32 exact-fp32 reading the basis K-major, 4-warp small tiles) in the former
+#: order (row blocks fastest), pre-centred as now, so the rows isolate tiles and order; "in-kernel
+#: centring" is today's tensor-core tiles with x - mu formed in the projection (ieee always forms
+#: it there); "x read once" the reconstruction that skips x when lam_rest = 0 (the rows above read
+#: it again, as a lam_rest > 0 does; the rest here is 0, so both give the same D).
+_ONCE = ("tuned, x read once (lam_rest = 0)", dict(variant="tuned", rest_zero=True))
 _AB_MMA = (("before (128x64, rows fastest)", dict(variant="before")),
            ("tuned (128x128x32, GROUP_M=8)", dict(variant="tuned")),
-           ("tuned, in-kernel centring", dict(variant="tuned", centre=False)))
+           ("tuned, in-kernel centring", dict(variant="tuned", centre=False)), _ONCE)
 AB_VARIANTS = {"ieee": (("before (128x32, rows fastest)", dict(variant="before")),
-                        ("tuned (128x128x16, GROUP_M=8)", dict(variant="tuned"))),
+                        ("tuned (128x128x16, GROUP_M=8)", dict(variant="tuned")), _ONCE),
                "tf32": _AB_MMA, "bf16": _AB_MMA}
 AB_SHAPE = (8192, 3072)
 

@@ -78,6 +78,8 @@ def test_model_keeps_failing_builds_with_a_note_and_skips_others():
 def test_gpu_check_lookup_sums_the_kernels_of_a_row():
     rows = [{"kernel": "gaussian_project[large,tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 1.0},
             {"kernel": "gaussian_reconstruct[large,tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 0.5},
+            {"kernel": "gaussian_reconstruct[large,tf32,lam_rest=0]", "shape": "B=8192,d=3072,r=3072",
+             "predicted_ms": 0.375},
             {"kernel": "torch:centre x[tf32]", "shape": "B=8192,d=3072,r=3072", "predicted_ms": 0.25},
             {"kernel": "centered_gram[large,tf32,sym]", "shape": "N=50000,d=3072 (1 launches)", "predicted_ms": 3.0},
             {"kernel": "torch:centre and transpose[tf32]", "shape": "N=50000,d=3072 (1 launches)",
@@ -87,9 +89,12 @@ def test_gpu_check_lookup_sums_the_kernels_of_a_row():
              "predicted_ms": 6.0},
             {"kernel": "centered_gram[large,ieee,sym]",
              "shape": "N=50000,d=3072 (1 launch, 1 split, before, 848 rows)", "predicted_ms": 0.5}]
-    assert rc.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
+    # the module (lam_rest = 0 by default) skips the reconstruction's read of x; the A/B row reads it
+    assert rc.predicted_ms(rows, "fastgauss per-sample tf32", "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.625)
     assert rc.predicted_ms(rows, "gaussian kernels tf32 tuned (128x128x32, GROUP_M=8)",
                            "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.75)
+    assert rc.predicted_ms(rows, "gaussian kernels tf32 tuned, x read once (lam_rest = 0)",
+                           "d=3072 r=3072 B=8192 T=1") == pytest.approx(1.625)
     assert rc.predicted_ms(rows, "fastgauss centred gram tf32", "N=50000 d=3072") == pytest.approx(3.1)
     assert rc.predicted_ms(rows, "fastgauss centred gram ieee", "N=50000 d=3072") == pytest.approx(4.0)
     assert rc.predicted_ms(rows, "centred gram ieee: 13 launches x 300 programs (before)",
@@ -192,3 +197,15 @@ def test_every_gaussian_ab_timing_row_has_a_model_case():
                     assert all("before" in n or "[small," in n for n in names if n.startswith("gaussian")), names
     narrow = cases[("fastgauss per-sample bf16", "d=3072 r=256 B=8192 T=1")]["kernels"]
     assert ("gaussian_project[narrow,bf16]", "B=8192,d=3072,r=256") in narrow
+
+
+def test_the_reconstruction_without_x_reads_b_d_fewer_bytes():
+    b, d, r = 8192, 3072, 256
+    target = {"shape": f"B={b},d={d},r={r}", "grid": [(b // 128) * (d // 128)],
+              "int_args": {"n_rows": b, "n_levels": 1, "dim": d, "rank": r, "stride_x": d, "output_mode": 0}}
+    tiles = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}
+    read, skip = (rm.workload("gaussian_reconstruct[large,bf16]", {**tiles, "READ_X": flag}, target, 264)
+                  for flag in (True, False))
+    assert read["hbm"] - skip["hbm"] == pytest.approx(b * d * 4)
+    assert read["compulsory"] - skip["compulsory"] == pytest.approx(b * d * 4)
+    assert skip["flops"] == read["flops"]

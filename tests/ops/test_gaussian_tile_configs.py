@@ -60,11 +60,14 @@ def test_large_tensor_core_tiles_only_on_aligned_operands():
 def test_gate_targets_name_gate_entries_and_the_launch_grids():
     names = {e[0] for e in kernel.gate_entries()}
     targets = list(kernel.gate_targets())
-    assert len(targets) == 2 * (6 * 3 + 6)  # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes; 6 'before' rows
+    # (d, r) in {3072, 12288} x {d, d / 8, 256}, 3 modes: the projection and the reconstruction with
+    # and without x (lam_rest = 0); 6 'before' rows of two launches
+    assert len(targets) == 3 * 6 * 3 + 2 * 6
+    assert sum("lam_rest=0" in t[0] for t in targets) == 6 * 3
     for name, label, args, grid in targets:
         assert name in names, name
         d, r = args["dim"], args["rank"]
-        precision = name.split(",")[-1].rstrip("]")
+        precision = name.split("[")[1].split(",")[1].rstrip("]")
         p = kernel.plan(precision, 8192, 1, d, r, variant="before" if "before" in label else "tuned")
         assert grid == (p.project if "project" in name else p.reconstruct).grid
     assert ("gaussian_project[large,bf16]", "B=8192,d=3072,r=3072") in {(t[0], t[1]) for t in targets}

@@ -79,6 +79,7 @@ class GaussianDenoiser(nn.Module):
         self.operator_cache_bytes = operator_cache_bytes
         self._operators: OrderedDict = OrderedDict()
         self._bases: dict = {}
+        self._rest_flag: tuple = (None, False)
         mean, eigvals, eigvecs = (as_float(as_tensor(t, n)) for t, n in
                                   ((mean, "mean"), (eigvals, "eigvals"), (eigvecs, "eigvecs")))
         validate_gaussian(mean.reshape(-1), eigvals, eigvecs)
@@ -169,7 +170,7 @@ class GaussianDenoiser(nn.Module):
         if level is not None and self._operator_pays(x.shape[0], level, precision):
             return self._operator_route(x, level, output, precision)
         return denoise_validated(x, sigma, self.mean, self.eigvals, self.eigvecs, self.lam_rest, output=output,
-                                 precision=precision, basis=self._kernel_basis)
+                                 precision=precision, basis=self._kernel_basis, rest_zero=self._rest_zero())
 
     def score(self, x, sigma, **kwargs) -> torch.Tensor:
         """(D(x; sigma) - x) / sigma^2, sigma > 0."""
@@ -200,7 +201,8 @@ class GaussianDenoiser(nn.Module):
         k = v.shape[0] if probes else 1
         flat_v = v.reshape(k * x.shape[0], *x.shape[1:])
         jv = denoise_validated(flat_v, grid.repeat(k, 1)[:, 0], torch.zeros_like(self.mean), self.eigvals,
-                               self.eigvecs, self.lam_rest, precision=precision, basis=self._kernel_basis)
+                               self.eigvecs, self.lam_rest, precision=precision, basis=self._kernel_basis,
+                               rest_zero=self._rest_zero())
         return denoised, jv.reshape(v.shape)
 
     # ----------------------------------------------------------------- sampling
@@ -323,11 +325,23 @@ class GaussianDenoiser(nn.Module):
         from ...kernels.gaussian import kernel_basis
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if self.eigvecs.is_inference():  # no version counter to key a cache on
+            return kernel_basis(self.eigvecs, precision)
         key = (self.eigvecs.data_ptr(), self.eigvecs._version, self.eigvecs.dtype, tuple(self.eigvecs.shape),
                str(self.eigvecs.device))
         if self._bases.get(dtype, (None,))[0] != key:
             self._bases[dtype] = (key, kernel_basis(self.eigvecs, precision))
         return self._bases[dtype][1]
+
+    def _rest_zero(self) -> bool:
+        """Whether lam_rest is 0, read to the host once per value (keyed like ``_kernel_basis``)."""
+        rest = self.lam_rest
+        if rest.is_inference():  # no version counter to key on: read it every time
+            return bool(rest == 0)
+        key = (rest.data_ptr(), rest._version, str(rest.device))
+        if getattr(self, "_rest_flag", (None,))[0] != key:
+            self._rest_flag = (key, bool(rest == 0))
+        return self._rest_flag[1]
 
     def _check_input(self, x, name: str = "x") -> torch.Tensor:
         x = as_float(as_tensor(x, name))

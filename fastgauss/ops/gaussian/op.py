@@ -20,19 +20,22 @@ PRECISIONS = precisions.GAUSSIAN
 OUTPUTS = gt.OUTPUTS
 
 
-def _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis):
+def _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis, rest_zero=False):
     from ...kernels.gaussian import denoise, kernel_basis
 
     f32 = lambda t: t.to(torch.float32).contiguous()  # noqa: E731
     u, u_t = basis(precision) if basis is not None else kernel_basis(eigvecs, precision)
     # x keeps its row stride: the launcher reads it strided (and copies it only if its columns are).
     return denoise(x.to(torch.float32), f32(sigma), f32(mean), f32(lam), u, f32(lam_rest.reshape(1)),
-                   output=output, precision=precision, eigvecs_t=u_t)
+                   output=output, precision=precision, eigvecs_t=u_t, rest_zero=rest_zero)
 
 
-def _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False) -> torch.Tensor:
+def _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False,
+             rest_zero=False) -> torch.Tensor:
     """[T, B, d] in x's dtype, on the backend that suits the inputs. ``basis``: precision ->
-    (U, U^T) in the kernels' dtype, cached by the caller (None: formed per call). ``check_x``:
+    (U, U^T) in the kernels' dtype, cached by the caller (None: formed per call). ``rest_zero``:
+    the caller knows on the host that lam_rest is 0 (the kernels then form D without reading x
+    a second time; False is always correct). ``check_x``:
     x's finiteness is still to be checked (ValueError naming x): before the kernels, or on the
     PyTorch path through the coefficients (x - mu) U it forms anyway, which hold a NaN or an
     infinity in every row where x does when each row of U has a nonzero (else x itself is read).
@@ -41,7 +44,8 @@ def _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=No
     if kernel_ok and backend_for(x) == "triton":
         if check_x:
             check_finite(x, "x")
-        return _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis).to(x.dtype)
+        return _kernel_denoise(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis,
+                               rest_zero).to(x.dtype)
     on_coeffs = None
     if check_x:
         if reaches_every_coordinate(eigvecs):
@@ -66,8 +70,9 @@ class _GaussianDenoise(torch.autograd.Function):
     """x: [B, d], sigma: [B, T] -> [T, B, d]. Differentiable in x and sigma (not in the Gaussian)."""
 
     @staticmethod
-    def forward(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False):
-        return _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis, check_x)
+    def forward(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False,
+                rest_zero=False):
+        return _compute(x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis, check_x, rest_zero)
 
     @staticmethod
     def setup_context(ctx, inputs, result):
@@ -89,7 +94,7 @@ class _GaussianDenoise(torch.autograd.Function):
             ds = gt.sigma_derivative(p(x), p(sigma), p(mean), p(lam), p(eigvecs), p(lam_rest), ctx.output,
                                      p(_moved(result, x, ctx.output, sigma)))
             grad_sigma = (p(grad) * ds).sum(-1).T.to(sigma.dtype)
-        return grad_x, grad_sigma, None, None, None, None, None, None, None, None
+        return grad_x, grad_sigma, None, None, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_t, sigma_t, *_):
@@ -106,7 +111,8 @@ class _GaussianDenoise(torch.autograd.Function):
         return tangent.to(result.dtype)
 
     @staticmethod
-    def vmap(info, in_dims, x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False):
+    def vmap(info, in_dims, x, sigma, mean, lam, eigvecs, lam_rest, output, precision, basis=None, check_x=False,
+             rest_zero=False):
         if any(dim is not None for dim in in_dims[2:6]):
             raise NotImplementedError("gaussian_denoise: vmap over the Gaussian's mean, eigenvalues, "
                                       "eigenvectors or lam_rest is not supported; vmap over x and sigma is")
@@ -115,7 +121,7 @@ class _GaussianDenoise(torch.autograd.Function):
         sigma = sigma.movedim(in_dims[1], 0) if in_dims[1] is not None else sigma.expand(size, *sigma.shape)
         n, d = x.shape[1:]
         out = _GaussianDenoise.apply(x.reshape(size * n, d), sigma.reshape(size * n, -1), mean, lam, eigvecs,
-                                     lam_rest, output, precision, basis, check_x)
+                                     lam_rest, output, precision, basis, check_x, rest_zero)
         return out.reshape(out.shape[0], size, n, d), 1
 
 
@@ -203,19 +209,20 @@ def gaussian_denoise(x, sigma, mean, eigvals, eigvecs, *, lam_rest: float = 0.0,
     same_device(("x", x), ("mean", mean), ("eigvals", eigvals), ("eigvecs", eigvecs))  # never moved
     if not validated_once(mean, eigvals, eigvecs, d):  # True: no sign bit set, clamping would copy it as is
         eigvals = eigvals.clamp_min(0)  # negative only by rounding (validated): a flat direction
-    rest = torch.full((), check_lam_rest(lam_rest), dtype=eigvals.dtype, device=x.device)
+    rest_value = check_lam_rest(lam_rest)
+    rest = torch.full((), rest_value, dtype=eigvals.dtype, device=x.device)
     return denoise_validated(x, sigma, mean.reshape(d), eigvals, eigvecs, rest, output=output,
-                             precision=precision)
+                             precision=precision, rest_zero=rest_value == 0)
 
 
 def denoise_validated(x: torch.Tensor, sigma, mean, eigvals, eigvecs, lam_rest, *, output: str = "denoised",
-                      precision: str | None = None, basis=None) -> torch.Tensor:
+                      precision: str | None = None, basis=None, rest_zero: bool = False) -> torch.Tensor:
     """``gaussian_denoise`` for callers that validated the Gaussian already (GaussianDenoiser).
 
     x: float tensor [B, *feature_shape] on the Gaussian's device; mean: [d]; eigvals: [r];
     eigvecs: [d, r]; lam_rest: 0-d tensor; basis: None or precision -> (U [d, r], U^T [r, d])
-    contiguous in the kernels' dtype (a cache of ``kernels.gaussian.kernel_basis``). Checks x,
-    sigma, output and precision.
+    contiguous in the kernels' dtype (a cache of ``kernels.gaussian.kernel_basis``); rest_zero:
+    lam_rest is known to be 0 (False is always correct). Checks x, sigma, output and precision.
     """
     flat = flatten_batch(x, "x")
     if output not in OUTPUTS:
@@ -230,8 +237,9 @@ def denoise_validated(x: torch.Tensor, sigma, mean, eigvals, eigvecs, lam_rest, 
         raise ValueError(f"sigma: output={output!r} divides by sigma, which must be > 0")
     if _needs_autograd(flat, grid):
         out = _GaussianDenoise.apply(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis,
-                                     check_x)
+                                     check_x, rest_zero)
     else:  # nothing to differentiate: skip the autograd.Function's bookkeeping
-        out = _compute(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis, check_x)
+        out = _compute(flat, grid, mean, eigvals, eigvecs, lam_rest, output, precision, basis, check_x,
+                       rest_zero)
     out = out.reshape(out.shape[0], *x.shape)
     return out if multi else out[0]
