@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 
 from ._empirical_jit import _dots_kernel, _softmax_kernel, _weighted_sum_kernel
-from .empirical import DOTS_CONFIGS, MODES, SOFTMAX, SUMS_CONFIGS, plan
+from .empirical import DOTS_CONFIGS, MODES, SOFTMAX, SUMS_CONFIGS, plan, y_transposed
 
 _DTYPE = {"bf16": "*bf16"}
 TARGET = dict(n_queries=1024, n_data=50_000, dim=3072)  # issue 14's target shape
@@ -37,7 +37,8 @@ def entries():
             op = _DTYPE.get(prec, "*fp32")
             sig = {"a_ptr": op, "y_ptr": op, "norms_ptr": "*fp32", "inv_var_ptr": "*fp32", "s_ptr": "*fp32",
                    **ints("n_rows_a", "n_rows_y", "dim", "stride_y", "stride_s")}
-            yield (name, _dots_kernel, sig, {"LOGITS": logits, "PRECISION": prec, "EMULATE_BF16": False,
+            yield (name, _dots_kernel, sig, {"LOGITS": logits, "Y_TRANSPOSED": y_transposed(prec, "dots"),
+                                            "PRECISION": prec, "EMULATE_BF16": False,
                                             "BLOCK_M": d_cfg.block_m, "BLOCK_N": d_cfg.block_n,
                                             "BLOCK_K": d_cfg.block_k},
                    d_cfg.num_warps, d_cfg.num_stages, prec != "ieee")
@@ -47,7 +48,7 @@ def entries():
             sig = {"p_ptr": op, "y_ptr": op, "acc_ptr": "*fp32",
                    **ints("n_rows_p", "n_cols", "dim", "rows_per_split", "stride_p", "stride_y")}
             yield (names["sums"], _weighted_sum_kernel, sig,
-                   {"Y_TRANSPOSED": pv != "bf16", "PRECISION": pv, "EMULATE_BF16": False, "BLOCK_M": s_cfg.block_m,
+                   {"Y_TRANSPOSED": y_transposed(pv, "sums"), "PRECISION": pv, "EMULATE_BF16": False, "BLOCK_M": s_cfg.block_m,
                     "BLOCK_D": s_cfg.block_n, "BLOCK_K": s_cfg.block_k},
                    s_cfg.num_warps, s_cfg.num_stages, pv != "ieee")
     sig = {"s_ptr": "*fp32", "p_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32",
@@ -71,14 +72,15 @@ def targets(sms: int = _H200_SMS):
         geo = plan(b, 0, n, d, (qk, pv), sms)
         names = _entry_names(qk, pv)
         c = geo.chunk
-        fp32_sum = pv != "bf16"
+        stride = lambda mode, product: c if y_transposed(mode, product) else d  # noqa: E731
         launches = (
-            (names["dots"], dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=d, stride_s=c), geo.dots_grid),
+            (names["dots"], dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=stride(qk, "dots"), stride_s=c),
+             geo.dots_grid),
             (names["softmax"], dict(n_queries=b, n_cols=c, stride_s=c, stride_p=c, n_probes=0, first_row=0,
                                     store_p=1),
              geo.softmax_grid),
             (names["sums"], dict(n_rows_p=b, n_cols=c, dim=d, rows_per_split=geo.rows_per_split, stride_p=c,
-                                 stride_y=c if fp32_sum else d), geo.sums_grid))
+                                 stride_y=stride(pv, "sums")), geo.sums_grid))
         for name, args, grid in launches:
             if name not in done:
                 done.add(name)
@@ -87,7 +89,7 @@ def targets(sms: int = _H200_SMS):
     geo = plan(b, 1, n, d, ("ieee", "ieee"), sms)
     c, cfg = geo.chunk, DOTS_CONFIGS["ieee"]
     label = f"{label},K=1,chunk={c},splits={geo.splits}"
-    yield ("empirical_dots[ieee,probes]", label, dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=d, stride_s=c),
+    yield ("empirical_dots[ieee,probes]", label, dict(n_rows_a=b, n_rows_y=c, dim=d, stride_y=c, stride_s=c),
            (triton.cdiv(b, cfg.block_m), triton.cdiv(c, cfg.block_n)))
     yield ("empirical_softmax[p=fp32,window]", label,
            dict(n_queries=b, n_cols=c, stride_s=c, stride_p=c, n_probes=1, first_row=c, store_p=1), geo.softmax_grid)

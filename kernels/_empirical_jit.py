@@ -17,23 +17,34 @@ def _tile(n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _dots_kernel(a_ptr, y_ptr, norms_ptr, inv_var_ptr, s_ptr,
                  n_rows_a, n_rows_y, dim, stride_y, stride_s,
-                 LOGITS: tl.constexpr, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 LOGITS: tl.constexpr, Y_TRANSPOSED: tl.constexpr, PRECISION: tl.constexpr,
+                 EMULATE_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """s[i, j] = a_i . y_j for a: [M, d] contiguous, y: [C, d] (row stride stride_y, unit column
-    stride), both in the mode's dtype; s: [M, >= C] fp32, row stride stride_s. LOGITS: a holds
-    centred queries and s = (a_i . y_j - norms[j] / 2) * inv_var[i] instead."""
+    stride; K-major tiles, the tensor cores' B) or, Y_TRANSPOSED, its transpose [d, C] (row
+    stride stride_y; N-contiguous tiles, the FMA dot's B), both in the mode's dtype; s: [M, >= C]
+    fp32, row stride stride_s. LOGITS: a holds centred queries and s = (a_i . y_j - norms[j] / 2)
+    * inv_var[i] instead."""
     offs_m, offs_n, mask_m, mask_n = _tile(n_rows_a, n_rows_y, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * dim + offs_k[None, :]
-    y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_y + offs_k[None, :]
+    if Y_TRANSPOSED:
+        y_ptrs = y_ptr + offs_k.to(tl.int64)[:, None] * stride_y + offs_n[None, :]
+        y_step = BLOCK_K * stride_y
+    else:
+        y_ptrs = y_ptr + offs_n.to(tl.int64)[:, None] * stride_y + offs_k[None, :]
+        y_step = BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, dim, BLOCK_K):
         mask_k = (k0 + offs_k) < dim
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        y = tl.load(y_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc = dot_stored(a, tl.trans(y), acc, PRECISION, EMULATE_BF16)
+        if Y_TRANSPOSED:
+            y = tl.load(y_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc = dot_stored(a, y, acc, PRECISION, EMULATE_BF16)
+        else:
+            y = tl.load(y_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            acc = dot_stored(a, tl.trans(y), acc, PRECISION, EMULATE_BF16)
         a_ptrs += BLOCK_K
-        y_ptrs += BLOCK_K
+        y_ptrs += y_step
     if LOGITS:
         norms = tl.load(norms_ptr + offs_n, mask=mask_n, other=0.0)
         inv_var = tl.load(inv_var_ptr + offs_m, mask=mask_m, other=1.0)

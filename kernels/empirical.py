@@ -1,7 +1,9 @@
 """Empirical denoiser partials, flash-attention style: one chunk of data rows at a time.
 
-Per chunk of C data rows, centred once here (y' = y - c, in each product's operand dtype; the
-fp32 weighted sum also gets the transpose, as tf32 wgmma takes K-major operands only), three
+Per chunk of C data rows, centred once here (y' = y - c, in each product's operand dtype and in
+the layout its product path wants, ``y_transposed``: tf32 wgmma takes K-major operands only, so
+its weighted sum gets the transpose; the FMA dot of the ieee mode N-contiguous ones, so its
+distances get the transpose instead), three
 kernels (``_empirical_jit``), every operand straight from memory into tl.dot:
 1. ``_dots_kernel``: S = X' Y'^T over the whole d, with the epilogue s = (x'.y' - |y'|^2 / 2) / sigma^2
    ([B, C] fp32); with probes also their dots t = v . y' ([K B, C]).
@@ -67,7 +69,8 @@ _empty = torch.empty
 
 def copy_bytes_per_element(precision: tuple[str, str]) -> int:
     """Bytes per data element of a chunk's centred copies: bf16 [C, d] serves both products of
-    "bf16"; fp32 products take [C, d] for the distances and [d, C] for the weighted sum."""
+    "bf16"; fp32 products take [C, d] and [d, C] (the distances and the weighted sum, each in the
+    layout its product path wants: ``y_transposed``)."""
     qk, pv = precision
     return (2 if qk == "bf16" else 4) + (0 if pv == "bf16" else 4) + (4 if qk == "bf16" and pv != "bf16" else 0)
 
@@ -149,16 +152,32 @@ class ChunkPartial(NamedTuple):
     records: tuple | None
 
 
+def y_transposed(mode: str, product: str) -> bool:
+    """Whether a product ("dots" or "sums") in ``mode`` reads the chunk's Y' as its [d, C]
+    transpose rather than as [C, d]. The tensor cores want K-major B tiles: the distances' Y'^T in
+    [C, d], the weighted sum's Y' in [d, C] (bf16 wgmma also takes [C, d]). The FMA dot (ieee)
+    wants N-contiguous ones, the other way round: in a K-major tile the lanes of a warp, which
+    share k and own consecutive columns, all read the same shared-memory banks."""
+    if product == "dots":
+        return mode == "ieee"
+    return mode not in ("bf16", "ieee")
+
+
 def _operands(block: torch.Tensor, center: torch.Tensor, precision: tuple[str, str]):
-    """(distance operand [c, d], (weighted-sum operand, transposed?), fp32 copy [c, d]) of a chunk
-    centred once: y' = y - c in fp32, then rounded to bf16 where a product is bf16 (the value
-    the kernel rounded before)."""
-    qk, pv = precision
+    """(operand(mode, product) -> (Y' in that product's layout and dtype, transposed?), fp32 copy
+    [c, d]) of a chunk centred once: y' = y - c in fp32, then rounded to bf16 where a product is
+    bf16 (the value the kernel rounded before); each copy made once, on first use."""
     yc = block - center
-    y_qk = yc.to(torch.bfloat16) if qk == "bf16" else yc
-    if pv == "bf16":
-        return y_qk, (y_qk if qk == "bf16" else yc.to(torch.bfloat16), False), yc
-    return y_qk, (yc.T.contiguous(), True), yc
+    copies = {(torch.float32, False): yc}
+
+    def operand(mode: str, product: str):
+        dtype, transposed = torch.bfloat16 if mode == "bf16" else torch.float32, y_transposed(mode, product)
+        if (dtype, transposed) not in copies:
+            base = copies.setdefault((dtype, False), yc.to(dtype))
+            copies[dtype, transposed] = base.T.contiguous() if transposed else base
+        return copies[dtype, transposed]
+
+    return operand, yc
 
 
 def _chunks(xc, inv_var, data, center, norms, probes, precision, threshold, cap, max_only, slots):
@@ -194,25 +213,27 @@ def _chunks(xc, inv_var, data, center, norms, probes, precision, threshold, cap,
     acc = None if max_only else _empty((slots, geo.splits, *geo.sums_grid[:2], s_cfg.block_m, s_cfg.block_n), **f32)
     for i, start in enumerate(range(0, n_data, geo.chunk)):
         c = min(geo.chunk, n_data - start)
-        y_qk, (y_pv, transposed), yc = _operands(data[start:start + c], center, precision)
+        operand, yc = _operands(data[start:start + c], center, precision)
         m, l = _empty((n_queries,), **f32), _empty((n_queries,), **f32)
-        launches = [(x_qk, y_qk, s, n_queries, True, qk)]
+        launches = [(x_qk, s, n_queries, True, qk)]
         if k and not max_only:  # the probes' dots in the weighted sum's mode
-            launches.append((v_pv, y_qk if pv == "bf16" else yc, s[n_queries:], k * n_queries, False, pv))
-        for a, y, out, rows, logits, mode in launches:
-            cfg = DOTS_CONFIGS[mode]
+            launches.append((v_pv, s[n_queries:], k * n_queries, False, pv))
+        for a, out, rows, logits, mode in launches:
+            cfg, y = DOTS_CONFIGS[mode], operand(mode, "dots")
             _dots_kernel[(triton.cdiv(rows, cfg.block_m), triton.cdiv(c, cfg.block_n))](
                 a, y, norms[start:start + c], inv_var, out, rows, c, dim, y.stride(0), s.stride(0),
-                LOGITS=logits, PRECISION=mode, EMULATE_BF16=emulate, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                LOGITS=logits, Y_TRANSPOSED=y_transposed(mode, "dots"), PRECISION=mode, EMULATE_BF16=emulate,
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
         _softmax_kernel[geo.softmax_grid](
             s, p, m, l, best, spt, thr, count, cidx, cs, n_queries, c, s.stride(0), p.stride(0),
             0 if max_only else k, start, int(not max_only), WINDOW=window, CAP=cap if window else 1,
             BLOCK_C=SOFTMAX[0], num_warps=SOFTMAX[1])
         if not max_only:
+            y_pv = operand(pv, "sums")
             _weighted_sum_kernel[geo.sums_grid](
                 p, y_pv, acc[i % slots], rows_p, c, dim, geo.rows_per_split, p.stride(0), y_pv.stride(0),
-                Y_TRANSPOSED=transposed, PRECISION=pv, EMULATE_BF16=emulate, BLOCK_M=s_cfg.block_m,
+                Y_TRANSPOSED=y_transposed(pv, "sums"), PRECISION=pv, EMULATE_BF16=emulate, BLOCK_M=s_cfg.block_m,
                 BLOCK_D=s_cfg.block_n, BLOCK_K=s_cfg.block_k, num_warps=s_cfg.num_warps,
                 num_stages=s_cfg.num_stages)
         ref = None if not k or max_only else yc.index_select(0, best.to(torch.long))
