@@ -82,9 +82,11 @@ def parse_loads(ttgir: str) -> list[dict]:
     ops, stack, loops = [], [], 0
     for line in ttgir.splitlines():
         code = re.sub(r"\s*loc\([^)]*\)\s*$", "", line).strip()
-        if code.startswith("}"):
+        if code.startswith("}"):  # a region ends; '} else {' / '} do {' open the next one at once
             if stack:
                 stack.pop()
+            if code.endswith("{"):
+                stack.append(None)
             continue
         loop = next((s for s in reversed(stack) if s is not None), None)
         m, d = _LOAD.search(code), _DOT.search(code)

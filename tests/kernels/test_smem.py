@@ -324,3 +324,20 @@ def test_ttgir_reader_and_sass_check_on_a_hand_written_loop():
     assert _smem.gate_facts(text, sass, dict(main, hgmma={"HGMMA.64x64x8.F32.TF32": 1}), 4) == {}
     unknown = _smem.gate_facts(_ttgir("#nvmma"), sass, main, 4)
     assert unknown["smem_consistent"] is False and "not simulated" in unknown["smem_note"]
+
+
+def test_ttgir_reader_follows_regions():
+    """An scf.if / else before the loads does not end the loop (the '} else {' line closes one region
+    and opens the next); a dot outside every loop is not an FFMA main-loop dot."""
+    body = _ttgir().splitlines()
+    at = next(i for i, line in enumerate(body) if "ttg.local_load %x" in line)
+    branch = ["      %c = scf.if %p -> (i32) {", "        scf.yield %u : i32", "      } else {",
+              "        scf.yield %v : i32", "      } loc(#loc9)"]
+    text = "\n".join(body[:at] + branch + body[at:])
+    ops = _smem.parse_loads(text)
+    assert [(o["op"], o["loop"]) for o in ops] == [("load", 0), ("load", 0), ("dot", 0)]
+    assert _smem.ffma_operands(text, 4) == _smem.ffma_operands(_ttgir(), 4)
+    outside = "\n".join(line for line in _ttgir().splitlines() if "scf.for" not in line and "scf.yield" not in line
+                        and not line.strip().startswith("} loc(#loc4)"))
+    assert [o["loop"] for o in _smem.parse_loads(outside)] == [None, None, None]
+    assert _smem.ffma_operands(outside, 4) == {}
