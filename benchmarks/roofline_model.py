@@ -1,6 +1,6 @@
 """Static roofline model of every kernel at its target shapes, from the compile gate's facts.
 
-    python benchmarks/roofline_model.py [--gate GATE.json] [--json OUT.json]
+    python benchmarks/roofline_model.py [--gate GATE.json] [--json OUT.json] [--full-width]
     python benchmarks/roofline_model.py --json benchmarks/results/roofline-triton$(python -c \
         "import triton; print(triton.__version__)").json      (the file gpu_check.py reads)
 
@@ -18,9 +18,18 @@ Per loop iteration of one CTA the model takes the largest of
           FFMA x 32 lanes x 2 x warps / (fp32 ceiling / 132)
   smem    (LDS/STS/LDSM/LDGSTS bytes x warps + HGMMA shared operands x warpgroups) / (128 B x clock)
   issue   instructions x warps / (4 schedulers x clock)
-and sums over the loops' trip counts: T_cta. Shared-memory bytes are counted at full width (no
-broadcast: several lanes reading one word cost one), an upper bound on that term, tightest for
-tensor-core loops and loosest for FFMA loops whose lanes share operands. The compute time is waves x CTAs per SM x T_cta
+and sums over the loops' trip counts: T_cta. Shared memory serves a warp's request in wavefronts of
+128 B (32 banks of 4-byte words; lanes reading one word share it, lanes reading different words of
+one bank wait for each other). In an FFMA main loop (``tt.dot`` on the fp32 FMA path) the gate
+simulates the dot operands' loads from the TTGIR (``kernels/_smem.py``, checked against the SASS's
+LDS: ``smem_consistent``), so there the smem term is
+  (loop shared bytes - the operands' full-width bytes + their wavefronts x 128) x warps / (128 B x clock):
+a broadcast operand (every lane the same rows) costs 1 wavefront an LDS.128, not 4, and a
+bank-conflicted one up to 32. Everything else (tensor-core loops, LDGSTS and STS, an FFMA loop's
+other LDS, an FFMA loop whose simulation disagrees with the SASS, noted on its row) is counted at
+full width, width x 32 lanes, which is neither an upper nor a lower bound (a broadcast costs less, a
+conflict more). ``--full-width`` counts the FFMA operands so too (the model before the simulation);
+the table's 'smem fw' column is that term. The compute time is waves x CTAs per SM x T_cta
 (the CTAs resident on one SM share it; the last wave's idle SMs are the wave efficiency). The HBM
 time is the modelled traffic / 4.3 TB/s, where an operand tile is read from HBM once per wave
 that touches it (L2 holds one wave's working set, not more) unless the whole operand fits in L2,
@@ -85,8 +94,17 @@ def peak(precision: str) -> float:
             "bf16": CEILINGS["bf16"]}[precision]
 
 
-def iteration_seconds(loop: dict, num_warps: int) -> dict:
-    """Seconds one CTA's iteration of ``loop`` (a gate loop dict) needs of each SM resource."""
+def shared_bytes(loop: dict, operands: dict | None = None) -> float:
+    """Per-warp shared-memory bytes of one iteration, FFMA dot operands (the gate's
+    ``smem_wavefronts``) counted as their wavefronts x 128 B instead of their full-width bytes."""
+    operands = operands or {}
+    return (loop["shared_bytes"] - sum(o["bytes"] for o in operands.values())
+            + sum(o["wavefronts"] for o in operands.values()) * SMEM_BYTES_PER_CLOCK)
+
+
+def iteration_seconds(loop: dict, num_warps: int, operands: dict | None = None) -> dict:
+    """Seconds one CTA's iteration of ``loop`` (a gate loop dict) needs of each SM resource;
+    ``operands``: the FFMA dot operands' wavefronts of this loop (``shared_bytes``)."""
     groups = num_warps / 4
     math_s = 0.0
     for opcode, count in loop["hgmma"].items():
@@ -94,7 +112,8 @@ def iteration_seconds(loop: dict, num_warps: int) -> dict:
         kind = _HGMMA_KIND.get(opcode.split(".")[-1], "tf32")
         math_s += count * 2 * m * n * k * groups / (CEILINGS[kind] / SMS)
     math_s += loop["ffma"] * 32 * 2 * num_warps / (CEILINGS["fp32"] / SMS)
-    smem = (loop["shared_bytes"] * num_warps + loop["hgmma_smem_bytes"] * groups) / (SMEM_BYTES_PER_CLOCK * CLOCK)
+    smem = ((shared_bytes(loop, operands) * num_warps + loop["hgmma_smem_bytes"] * groups)
+            / (SMEM_BYTES_PER_CLOCK * CLOCK))
     issue = loop["instructions"] * num_warps / (ISSUE_PER_CLOCK * CLOCK)
     return {"math": math_s, "smem": smem, "issue": issue}
 
@@ -246,8 +265,17 @@ def _inside(loop: dict, outer: dict) -> bool:
     return outer["start"] <= loop["start"] and loop["end"] <= outer["end"]
 
 
-def predict(result: dict, target: dict) -> dict:
-    """The model's prediction for one gate result (an sm_90 'jit' build) at one of its targets."""
+def wavefront_operands(result: dict, full_width: bool = False) -> dict:
+    """The FFMA dot operands' wavefronts of a gate result's main loop, {} where they are not used
+    (a tensor-core loop, a simulation the SASS disagrees with, or ``full_width``)."""
+    if full_width or not result.get("smem_consistent"):
+        return {}
+    return result.get("smem_wavefronts") or {}
+
+
+def predict(result: dict, target: dict, full_width: bool = False) -> dict:
+    """The model's prediction for one gate result (an sm_90 'jit' build) at one of its targets
+    (``full_width``: FFMA operands at full width, as before the wavefront simulation)."""
     warps, per_sm = result["num_warps"], max(result["ctas_per_sm"], 1)
     slots = SMS * per_sm
     work = workload(result["kernel"], result["constexprs"], target, slots)
@@ -262,12 +290,15 @@ def predict(result: dict, target: dict) -> dict:
     else:
         pieces = [(loop, work["tile_trips"] * work["inner_trips"]) for loop in result["inner_loops"] if loop["math"]]
         pieces += [(loop, work["tile_trips"]) for loop in outer]
-    cta_s = 0.0
+    cta_s, smem_fw, operands, main = 0.0, 0.0, wavefront_operands(result, full_width), result["main_loop"]
     for loop, trips in pieces:
-        each = iteration_seconds(loop, warps)
+        is_main = main is not None and (loop is main or ("start" in loop and loop.get("start") == main.get("start")
+                                                          and loop.get("end") == main.get("end")))
+        each = iteration_seconds(loop, warps, operands if is_main else None)
         for k in terms:
             terms[k] += trips * each[k]
         cta_s += trips * max(each.values())
+        smem_fw += trips * iteration_seconds(loop, warps)["smem"]
     waves = math.ceil(target["ctas"] / slots)
     compute_s = waves * per_sm * cta_s * work["launches"]
     hbm_s = work["hbm"] * work["launches"] / CEILINGS["hbm"]
@@ -278,6 +309,7 @@ def predict(result: dict, target: dict) -> dict:
     return {"kernel": result["kernel"], "shape": target["shape"], "predicted_ms": predicted * 1e3,
             "compute_ms": compute_s * 1e3, "hbm_ms": hbm_s * 1e3, "bound": bound,
             "loop_terms_ms": {k: v * waves * per_sm * work["launches"] * 1e3 for k, v in terms.items()},
+            "smem_full_width_ms": smem_fw * waves * per_sm * work["launches"] * 1e3,
             "fraction_of_peak": ideal / predicted, "fraction_of_hbm_floor": floor / predicted,
             "ideal_ms": ideal * 1e3, "floor_ms": floor * 1e3, "launches": work["launches"],
             "wave_efficiency": target["wave_efficiency"], "ctas_per_sm": per_sm,
@@ -331,6 +363,7 @@ def torch_passes(results: list[dict]) -> list[dict]:
         ms = nbytes / CEILINGS["hbm"] * 1e3
         rows.append({"kernel": kernel, "shape": shape, "predicted_ms": ms, "compute_ms": 0.0, "hbm_ms": ms,
                      "bound": "hbm", "loop_terms_ms": {"math": 0.0, "smem": 0.0, "issue": 0.0},
+                     "smem_full_width_ms": 0.0,
                      "fraction_of_peak": 0.0, "fraction_of_hbm_floor": 1.0, "ideal_ms": 0.0, "floor_ms": ms,
                      "launches": 1, "wave_efficiency": 1.0, "ctas_per_sm": 0, "hbm_gb": nbytes / 1e9})
 
@@ -354,24 +387,32 @@ def _builds(results: list[dict]):
             if r.get("arch") == 90 and r.get("build") == "jit" and r.get("targets") and r.get("registers", -1) > 0]
 
 
-def model(results: list[dict]) -> list[dict]:
+def _note(r: dict) -> dict:
+    notes = ["gate: " + "; ".join(r["failures"])] if r.get("failures") else []
+    if r.get("smem_consistent") is False:
+        notes.append("smem at full width: " + (r.get("smem_note") or "no simulation"))
+    return {"note": "; ".join(notes)} if notes else {}
+
+
+def model(results: list[dict], full_width: bool = False) -> list[dict]:
     """Predictions for every target of every sm_90 'jit' build in a gate result list, the former
-    launch plans of the same builds (``former_plans``) and the launchers' torch passes."""
+    launch plans of the same builds (``former_plans``) and the launchers' torch passes
+    (``full_width``: every shared-memory access at full width, see ``predict``)."""
     rows = []
     for r in _builds(results):
-        note = {"note": "gate: " + "; ".join(r["failures"])} if r.get("failures") else {}
-        rows += [dict(predict(r, t), **note) for t in r["targets"] + former_plans(r)]
+        rows += [dict(predict(r, t, full_width), **_note(r)) for t in r["targets"] + former_plans(r)]
     return rows + torch_passes(results)
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'kernel':<36} {'shape':<36} {'pred ms':>8} {'bound':>5} {'math':>7} {'smem':>7} {'issue':>7} "
-              f"{'hbm':>7} {'of peak':>7} {'of HBM':>6} {'wave':>5}")
+    header = (f"{'kernel':<36} {'shape':<36} {'pred ms':>8} {'bound':>5} {'math':>7} {'smem':>7} {'smem fw':>7} "
+              f"{'issue':>7} {'hbm':>7} {'of peak':>7} {'of HBM':>6} {'wave':>5}")
     lines = [header, "-" * len(header)]
     for p in rows:
         t = p["loop_terms_ms"]
         lines.append(f"{p['kernel']:<36} {p['shape']:<36} {p['predicted_ms']:>8.3f} {p['bound']:>5} "
-                     f"{t['math']:>7.3f} {t['smem']:>7.3f} {t['issue']:>7.3f} {p['hbm_ms']:>7.3f} "
+                     f"{t['math']:>7.3f} {t['smem']:>7.3f} {p.get('smem_full_width_ms', t['smem']):>7.3f} "
+                     f"{t['issue']:>7.3f} {p['hbm_ms']:>7.3f} "
                      f"{p['fraction_of_peak']:>7.2f} {p['fraction_of_hbm_floor']:>6.2f} {p['wave_efficiency']:>5.2f}"
                      + (f"  ({p['note']})" if p.get("note") else ""))
     return "\n".join(lines)
@@ -381,6 +422,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gate", type=Path, help="a gate JSON (python -m fastgauss.kernels.check --json)")
     parser.add_argument("--json", type=Path, help="write the predictions here")
+    parser.add_argument("--full-width", action="store_true",
+                        help="count FFMA dot operands' shared memory at full width (no broadcast, no bank conflicts)")
     args = parser.parse_args(argv)
     if args.gate:
         results = json.loads(args.gate.read_text())
@@ -395,8 +438,9 @@ def main(argv=None) -> int:
         triton_version = triton.__version__
     from roofline_calls import calls, format_calls
 
-    rows = model(results)
-    print(f"roofline model (gate facts: triton {triton_version})")
+    rows = model(results, full_width=args.full_width)
+    width = ", every shared access at full width" if args.full_width else ""
+    print(f"roofline model (gate facts: triton {triton_version}{width})")
     print(format_table(rows))
     summary = calls(rows)
     print()

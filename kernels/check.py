@@ -21,7 +21,9 @@ An entry the module's ``gate_archs()`` lists (entry name -> archs) is built on t
 For each build it reads the cubin with the cuobjdump that ships with Triton: registers, stack
 (spills), shared memory, CTAs per SM (``_occupancy``), and from the SASS (``_sass``, where each
 measurement is explained) the matrix instructions, the main loop's HGMMA shapes, wgmma wait
-depth, global load width and TMA use. Per target: grid, CTAs, waves, wave efficiency.
+depth, global load width and TMA use; where the main loop is FFMA, the shared-memory wavefronts
+of the dot operands simulated from the TTGIR (``_smem``: broadcast and bank conflicts), checked
+against the SASS's LDS. Per target: grid, CTAs, waves, wave efficiency.
 
 Exits 1 on a compile error, any spill, shared memory over the architecture's limit, a kernel
 meant for tensor cores that does not use the arch's own matrix instruction (HMMA on sm_80, HGMMA
@@ -46,7 +48,7 @@ import triton
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from . import KERNEL_MODULES, _occupancy, _sass
+from . import KERNEL_MODULES, _occupancy, _sass, _smem
 
 try:  # the JIT's own specialisation of one argument (Triton 3.6 and 3.9 alike)
     from triton._C.libtriton import native_specialize_impl
@@ -86,6 +88,9 @@ class GateResult:
     inner_loops: list = field(default_factory=list)
     outer_loops: list = field(default_factory=list)
     targets: list = field(default_factory=list)  # {shape, grid, ctas, waves, wave_efficiency}
+    smem_wavefronts: dict = field(default_factory=dict)  # FFMA main loop: per dot operand, _smem
+    smem_consistent: bool | None = None  # the simulation agrees with the SASS (None: not FFMA)
+    smem_note: str = ""
     error: str = ""
 
     @property
@@ -196,6 +201,8 @@ def compile_entry(name, fn, signature, constexprs, num_warps, num_stages, expect
     as_dict = facts.to_dict()
     result.main_loop, result.inner_loops = as_dict["main_loop"], as_dict["inner_loops"]
     result.outer_loops = as_dict["outer_loops"]
+    for key, value in _smem.gate_facts(compiled.asm["ttgir"], sass, result.main_loop, num_warps).items():
+        setattr(result, key, value)
     result.ctas_per_sm, result.occupancy_limit = _occupancy.ctas_per_sm(
         result.registers, num_warps, result.shared_bytes, arch)
     result.error = instruction_problem(result.mma, expect_mma, arch)

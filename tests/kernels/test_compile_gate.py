@@ -61,6 +61,23 @@ def test_jit_builds_carry_the_facts_of_each_target(gate):
     assert any(odd[r["kernel"]]["registers"] > r["registers"] for r in jit)
 
 
+def test_ffma_jit_builds_carry_shared_memory_wavefronts(gate):
+    """Every sm_90 jit build whose main loop is an FFMA dot has its operands' wavefronts, simulated
+    from the TTGIR in agreement with the SASS (kernels/_smem.py); tensor-core builds and the softmax
+    (FFMAs of elementwise math) have none."""
+    _, results = gate
+    jit = [r for r in results if r["build"] == "jit"]
+    ffma = [r for r in jit if r["mma"] == "FFMA" and not r["kernel"].startswith("empirical_softmax")]
+    assert {r["kernel"].split("[")[0] for r in ffma} >= {"gaussian_project", "gaussian_reconstruct", "centered_gram",
+                                                         "empirical_dots", "empirical_sums", "nn_candidates"}
+    for r in ffma:
+        assert r["smem_consistent"] is True and set(r["smem_wavefronts"]) == {"A", "B"}, (r["kernel"], r["smem_note"])
+        for op in r["smem_wavefronts"].values():
+            assert op["bytes"] == op["accesses"] * op["width_bits"] // 8 * 32
+            assert op["accesses"] <= op["wavefronts"] <= 32 * op["accesses"], r["kernel"]
+    assert all(r["smem_consistent"] is None and not r["smem_wavefronts"] for r in jit if r not in ffma)
+
+
 def test_gate_refuses_to_run_under_the_interpreter():
     from fastgauss.kernels import check
 

@@ -162,6 +162,62 @@ def test_former_plans_reuse_the_build():
         pytest.approx(rows[1]["predicted_ms"] + rows[2]["predicted_ms"])
 
 
+def _ffma_result(consistent=True):
+    """centered_gram's large ieee build as the gate reports it: 8 warps, 1024 FFMA an iteration, A
+    broadcast (64 LDS.128 of 1 wavefront), B contiguous (16 LDS.128 of 4), 47488 shared bytes."""
+    loop = _loop(instructions=1186, ffma=1024, shared_bytes=47488, start=0x100, end=0x900)
+    other = _loop(instructions=50, ffma=16, shared_bytes=4096, start=0x1000, end=0x1100)  # not the main loop
+    target = {"shape": "N=50000,d=3072 (2 launches)", "grid": [300, 7], "ctas": 2100, "wave_efficiency": 0.99,
+              "int_args": {"n_rows": 25088, "rows_per_split": 3584, "dim_a": 3072, "dim_b": 3072}}
+    operands = {"A": {"accesses": 64, "bytes": 64 * 512, "wavefronts": 64, "width_bits": 128},
+                "B": {"accesses": 16, "bytes": 16 * 512, "wavefronts": 64, "width_bits": 128}}
+    return {"kernel": "centered_gram[large,ieee,sym]", "arch": 90, "build": "jit", "num_warps": 8, "ctas_per_sm": 1,
+            "registers": 144, "failures": [], "main_loop": dict(loop), "inner_loops": [loop, other],
+            "outer_loops": [], "constexprs": {"BLOCK_I": 128, "BLOCK_K": 16}, "targets": [target],
+            "smem_wavefronts": operands, "smem_consistent": consistent,
+            "smem_note": "" if consistent else "SASS main loop has LDS.128 x83"}
+
+
+def test_ffma_smem_term_counts_operand_wavefronts():
+    """smem = (loop bytes - operands' full-width bytes + their wavefronts x 128) x warps / (128 B x
+    clock) in the FFMA main loop; full width with --full-width, on a disagreeing simulation, and
+    in every loop that is not the main loop."""
+    r = _ffma_result()
+    loop = r["main_loop"]
+    assert rm.shared_bytes(loop, r["smem_wavefronts"]) == 47488 - 40960 + 128 * 128
+    each = rm.iteration_seconds(loop, 8, r["smem_wavefronts"])
+    assert each["smem"] == pytest.approx((47488 - 40960 + 128 * 128) * 8 / (128 * CLOCK))
+    assert rm.iteration_seconds(loop, 8)["smem"] == pytest.approx(47488 * 8 / (128 * CLOCK))
+    t = r["targets"][0]
+    trips, scale = -(-3584 // 16), 16 * 1 * 2 * 1e3  # 2100 CTAs: 16 waves of 132, 1 per SM, 2 launches
+    p, before = rm.predict(r, t), rm.predict(r, t, full_width=True)
+    assert p["loop_terms_ms"]["smem"] == pytest.approx(trips * each["smem"] * scale)
+    assert p["smem_full_width_ms"] == pytest.approx(trips * 47488 * 8 / (128 * CLOCK) * scale)
+    assert before["loop_terms_ms"]["smem"] == pytest.approx(p["smem_full_width_ms"])
+    assert before["smem_full_width_ms"] == pytest.approx(p["smem_full_width_ms"])
+    assert p["loop_terms_ms"]["math"] == before["loop_terms_ms"]["math"]
+    assert p["loop_terms_ms"]["smem"] < before["loop_terms_ms"]["smem"]  # the broadcast A is cheaper
+    conflicted = _ffma_result()
+    conflicted["smem_wavefronts"]["B"]["wavefronts"] = 512  # 32 an LDS.128: bank-conflicted B
+    worse = rm.predict(conflicted, t)
+    assert worse["loop_terms_ms"]["smem"] == pytest.approx(
+        trips * (47488 - 40960 + 576 * 128) * 8 / (128 * CLOCK) * scale)
+    assert worse["bound"] == "smem" and worse["predicted_ms"] > p["predicted_ms"]
+    off = _ffma_result(consistent=False)
+    rows = rm.model([off])
+    assert rows[0]["loop_terms_ms"]["smem"] == pytest.approx(p["smem_full_width_ms"])
+    assert "smem at full width: SASS main loop has LDS.128 x83" in rows[0]["note"]
+    assert "note" not in rm.model([r])[0] and "smem fw" in rm.format_table(rows)
+    # a loop nest (neighbours: every inner loop with math runs): only the main loop's operands change
+    nn = dict(_ffma_result(), kernel="nn_candidates[ieee]", constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16})
+    nn["targets"] = [{"shape": "B=1024,N=50000,d=3072", "grid": [16, 33], "ctas": 528, "wave_efficiency": 1.0,
+                      "int_args": {"n_queries": 1024, "n_data": 50000, "dim": 3072, "rows_per_split": 1536}}]
+    trips = -(-1536 // 64) * (3072 // 16)
+    other = nn["inner_loops"][1]
+    want = trips * (rm.shared_bytes(loop, nn["smem_wavefronts"]) + other["shared_bytes"]) * 8 / (128 * CLOCK)
+    assert rm.predict(nn, nn["targets"][0])["loop_terms_ms"]["smem"] == pytest.approx(want * 4 * 1e3)  # 4 waves
+
+
 def test_gpu_check_report_prints_the_prediction(tmp_path, monkeypatch, capsys):
     import gpu_check_lib
 
