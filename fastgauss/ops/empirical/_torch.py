@@ -26,7 +26,7 @@ import torch
 from ..._core.dtypes import compute_dtype
 
 #: Bytes of logits / weights per chunk: bounds the workspace (B x chunk) of every pass.
-WORKSPACE_BYTES = 24 << 20
+WORKSPACE_BYTES = 12 << 20
 #: Bytes of one data chunk: large enough that the per-chunk work on [B, c] and [B, d] is small
 #: beside the chunk's products, small enough to stay in cache between its copy and its products.
 CHUNK_CACHE_BYTES = 16 << 20

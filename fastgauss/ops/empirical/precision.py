@@ -25,7 +25,7 @@ ENOUGH = 1e-6
 #: Rows re-scored per query at most; a query whose window holds more is recomputed in float64.
 WINDOW_CAP = 256
 #: Candidate records (24 bytes each) kept at most during a pass, all queries together: 8 MB,
-#: a third of the PyTorch path's chunk workspace (``_torch.WORKSPACE_BYTES``).
+#: two thirds of the PyTorch path's chunk workspace (``_torch.WORKSPACE_BYTES``).
 MAX_RECORDS = (8 << 20) // 24
 #: Suffix of ``last_precision`` when the exact path ran.
 EXACT = " + float64 near ties"
