@@ -18,9 +18,29 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import centred_dots, multiprocessors
+from ._common import centred_dots, load_centred_rows, mma, multiprocessors
 
 _EMPTY = tl.constexpr(9223372036854775807)  # int64 max: an empty slot sorts last
+
+
+@triton.jit
+def _transposed_dots(xct_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y, n_queries,
+                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] products x' . y' formed as (Y' Xc^T)^T: xct is the centred queries'
+    transpose [d, B] contiguous, rows of y are centred here. The FMA dot's B operand (Xc^T) is
+    then N-contiguous in shared memory; as x' Y'^T it is a K-major tile of raw rows, which puts
+    the lanes of a warp in the same banks (16 wavefronts per 16-byte load instead of 2)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    dots_t = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(0, dim, BLOCK_K):
+        ks = k0 + offs_k
+        mask_k = ks < dim
+        xt = tl.load(xct_ptr + ks.to(tl.int64)[:, None] * n_queries + q[None, :],
+                     mask=mask_k[:, None] & mask_q[None, :], other=0.0)
+        y = load_centred_rows(y_ptr, rows, mask_n, center_ptr, ks, mask_k, stride_y)
+        dots_t = mma(y, xt, dots_t, PRECISION, False)
+    return tl.trans(dots_t)
 
 
 @triton.jit
@@ -28,10 +48,11 @@ def _nn_candidates_kernel(
     xc_ptr, x_consts_ptr, y_ptr, center_ptr, y_norms_ptr, keys_ptr,
     n_queries, n_data, dim, rows_per_split,
     stride_y,
-    PRECISION: tl.constexpr, CENTRE_ROWS: tl.constexpr,
+    PRECISION: tl.constexpr, CENTRE_ROWS: tl.constexpr, QUERIES_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """xc: [B, d] centred queries a = x - c; y: [N, d] raw rows; y_norms: [N] |y - c|^2.
+    """xc: [B, d] centred queries a = x - c (QUERIES_T: their transpose [d, B], rows centred
+    here; see ``_transposed_dots``); y: [N, d] raw rows; y_norms: [N] |y - c|^2.
     CENTRE_ROWS: rows centred here with center [d], x_consts: [B] |a|^2; otherwise raw rows and
     x_consts = |a|^2 + 2 a.c (both give |x - y|^2). Writes keys: [S, B, BLOCK_N] ascending."""
     pid_m = tl.program_id(0)
@@ -46,8 +67,12 @@ def _nn_candidates_kernel(
     for n0 in range(row_start, row_end, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < row_end
-        dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
-                            PRECISION, False, CENTRE_ROWS, BLOCK_M, BLOCK_N, BLOCK_K)
+        if QUERIES_T:
+            dots = _transposed_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                                    n_queries, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+        else:
+            dots = centred_dots(xc_ptr, q, mask_q, y_ptr, rows, mask_n, center_ptr, dim, stride_y,
+                                PRECISION, False, CENTRE_ROWS, BLOCK_M, BLOCK_N, BLOCK_K)
         y_norms = tl.load(y_norms_ptr + rows, mask=mask_n, other=0.0)
         dist = tl.maximum(x_consts[:, None] + y_norms[None, :] - 2.0 * dots, 0.0)
         key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | rows.to(tl.int64)[None, :]
@@ -67,24 +92,29 @@ BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 16
 @dataclass(frozen=True)
 class NNConfig:
     """Warps and pipeline depth of one product mode, the programs an SM holds at once (from the
-    compile gate's registers: ~160-250 x 256 threads, one), and whether rows are centred in the
-    kernel (else raw rows go straight into tl.dot)."""
+    compile gate's registers: ~160-250 x 256 threads, one), whether rows are centred in the
+    kernel (else raw rows go straight into tl.dot), and whether the products are formed from the
+    queries' transpose (``_transposed_dots``, the FMA path; rows centred in the kernel)."""
 
     num_warps: int
     num_stages: int
     ctas_per_sm: int
     centre_rows: bool
+    queries_t: bool = False
 
 
 #: Each choice is the one that builds without spills on sm_80 and sm_90, triton 3.6 and 3.9, both
 #: unhinted and as JIT-specialised at the target: tf32x3 on 4 warps (one 64x64x8 warpgroup) or with
 #: rows centred in the kernel spills on sm_80, ieee on raw rows caps sm_90 at 128 registers and spills.
-CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True),
+CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True, queries_t=True),
            "tf32x3": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=False)}
 #: On sm_90 tf32x3 takes 4 warps, one 64x64x8 warpgroup (HGMMA 64x64 instead of two 64x32): as the
 #: JIT builds it at the target, 202-204 registers, 2 CTAs per SM, no spills (Triton 3.9 and 3.6);
 #: the same build spills 48 bytes on sm_80 under Triton 3.9, so other archs keep CONFIGS.
 CONFIGS_SM90 = {**CONFIGS, "tf32x3": NNConfig(num_warps=4, num_stages=2, ctas_per_sm=2, centre_rows=False)}
+#: The ieee products as formed before issue 14's shared-memory fix (x' Y'^T: K-major raw rows as
+#: the FMA dot's B): gpu_check's A/B only, built by the gate on sm_90.
+IEEE_DIRECT = NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True, queries_t=False)
 #: Most candidates one call can return (one tile's worth of running best).
 MAX_CANDIDATES = BLOCK_N
 
@@ -192,10 +222,11 @@ def nn_candidates(xc: torch.Tensor, x_norms: torch.Tensor, data: torch.Tensor, c
         plan = split_plan(n_queries, n_data, multiprocessors(xc.device), cfg.ctas_per_sm, block_m)
     keys = torch.empty((plan.splits, n_queries, BLOCK_N), dtype=torch.int64, device=xc.device)
     consts = x_norms if cfg.centre_rows else (x_norms.double() + 2 * (xc.double() @ center.double())).float()
+    queries = xc.T.contiguous() if cfg.queries_t else xc  # [d, B]: B * d * 4 bytes, a small copy
     _nn_candidates_kernel[plan.grid](
-        xc, consts, data, center, y_norms, keys, n_queries, n_data, dim, plan.rows_per_split, data.stride(0),
-        PRECISION=precision, CENTRE_ROWS=cfg.centre_rows, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        queries, consts, data, center, y_norms, keys, n_queries, n_data, dim, plan.rows_per_split, data.stride(0),
+        PRECISION=precision, CENTRE_ROWS=cfg.centre_rows, QUERIES_T=cfg.queries_t, BLOCK_M=block_m,
+        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     merged = keys.permute(1, 0, 2).reshape(n_queries, -1)
     smallest = merged.topk(count, dim=1, largest=False).values  # keys order by (distance, index)
     dist = (smallest >> 32).to(torch.int32).view(torch.float32)  # the high word: the distance's bits
@@ -213,6 +244,7 @@ def _gate_configs():
         yield f"nn_candidates[{precision}]", precision, cfg, None
         if CONFIGS_SM90[precision] != cfg:
             yield f"nn_candidates[{precision},sm90]", precision, CONFIGS_SM90[precision], (90,)
+    yield "nn_candidates[ieee,direct]", "ieee", IEEE_DIRECT, (90,)
 
 
 def entry_config(name: str) -> NNConfig:
@@ -223,8 +255,8 @@ def entry_config(name: str) -> NNConfig:
 def gate_entries():
     """(name, kernel, signature, constexprs, num_warps, num_stages, expect_mma) for the compile gate."""
     for name, precision, cfg, _ in _gate_configs():
-        constexprs = {"PRECISION": precision, "CENTRE_ROWS": cfg.centre_rows, "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N,
-                      "BLOCK_K": BLOCK_K}
+        constexprs = {"PRECISION": precision, "CENTRE_ROWS": cfg.centre_rows, "QUERIES_T": cfg.queries_t,
+                      "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_K": BLOCK_K}
         yield (name, _nn_candidates_kernel, dict(_SIGNATURE), constexprs, cfg.num_warps, cfg.num_stages,
                precision != "ieee")
 

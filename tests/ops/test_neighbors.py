@@ -159,12 +159,13 @@ def test_kernel_writes_every_candidate_slot(precision):
     y_norms = ((data.double() - center) ** 2).sum(1).float()
     keys = torch.full((splits, b, kernel.BLOCK_N), -1, dtype=torch.int64)
     rows_per_split = -(-n // splits)
-    centre = kernel.CONFIGS[precision].centre_rows
+    centre, transposed = kernel.CONFIGS[precision].centre_rows, kernel.CONFIGS[precision].queries_t
     consts = (xc**2).sum(1) + (0 if centre else 2 * xc @ center)  # |a|^2 (+ 2 a.c on raw rows)
+    queries = xc.float().T.contiguous() if transposed else xc.float()  # [d, B] for the transposed products
     kernel._nn_candidates_kernel[(-(-b // kernel.BLOCK_M), splits)](
-        xc.float(), consts.float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
-        data.stride(0), PRECISION=precision, CENTRE_ROWS=centre, BLOCK_M=kernel.BLOCK_M, BLOCK_N=kernel.BLOCK_N,
-        BLOCK_K=kernel.BLOCK_K)
+        queries, consts.float(), data, center.float(), y_norms, keys, b, n, d, rows_per_split,
+        data.stride(0), PRECISION=precision, CENTRE_ROWS=centre, QUERIES_T=transposed, BLOCK_M=kernel.BLOCK_M,
+        BLOCK_N=kernel.BLOCK_N, BLOCK_K=kernel.BLOCK_K)
     assert bool((keys >= 0).all()), "a slot was not written"
     exact = torch.cdist(xc, data.double() - center) ** 2
     for s in range(splits):
@@ -188,3 +189,25 @@ def test_float64_queries_on_fp32_data_and_a_loose_matmul_setting(monkeypatch):
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
     dist, idx = fastgauss.nearest_neighbors(x.float(), data, k=3)
     assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.kernel
+def test_transposed_products_match_the_direct_ones():
+    """ieee: the candidates from (Y' Xc^T)^T (the launched form) equal those from x' Y'^T (the form
+    before, ``IEEE_DIRECT``): same indices, distances to fp32 rounding, poisoned outputs filled."""
+    from fastgauss.kernels import neighbors as kernel
+
+    g = torch.Generator().manual_seed(13)
+    n, d, b = 301, 45, 70
+    data = torch.rand(n, d, generator=g) * 2 - 1 + 2.0
+    center = data.double().mean(0)
+    xc = ((torch.rand(b, d, generator=g) * 2 - 1 + 2.0).double() - center).float()
+    y_norms = ((data.double() - center) ** 2).sum(1).float()
+    args = (xc, (xc.double() ** 2).sum(1).float(), data, center.float(), y_norms, 5)
+    assert kernel.CONFIGS["ieee"].queries_t and not kernel.IEEE_DIRECT.queries_t
+    launched = kernel.nn_candidates(*args, precision="ieee")
+    direct = kernel.nn_candidates(*args, precision="ieee", config=kernel.IEEE_DIRECT)
+    assert torch.isfinite(launched[0]).all() and torch.equal(launched[1], direct[1])
+    assert rel_err(launched[0], direct[0]) < 1e-6
+    exact = (torch.cdist(xc.double(), data.double() - center) ** 2).topk(5, dim=1, largest=False)
+    assert torch.equal(launched[1], exact.indices) and rel_err(launched[0], exact.values) < 1e-5

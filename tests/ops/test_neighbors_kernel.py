@@ -35,7 +35,9 @@ def test_sm90_tf32x3_configuration_is_built_and_chosen_for_sm90_only(monkeypatch
     sm90 = kernel.CONFIGS_SM90["tf32x3"]
     assert sm90.num_warps == 4 and sm90.ctas_per_sm == 2 and sm90 != kernel.CONFIGS["tf32x3"]
     assert kernel.CONFIGS_SM90["ieee"] == kernel.CONFIGS["ieee"]
-    assert kernel.gate_archs() == {"nn_candidates[tf32x3,sm90]": (90,)}
+    # and the former ieee form, for gpu_check's A/B on the H200
+    assert kernel.gate_archs() == {"nn_candidates[tf32x3,sm90]": (90,), "nn_candidates[ieee,direct]": (90,)}
+    assert kernel.entry_config("nn_candidates[ieee,direct]") == kernel.IEEE_DIRECT
     assert kernel.entry_config("nn_candidates[tf32x3,sm90]") == sm90
     assert kernel.device_config("tf32x3", torch.device("cpu")) == kernel.CONFIGS["tf32x3"]
     for major, expected in ((9, sm90), (8, kernel.CONFIGS["tf32x3"])):
