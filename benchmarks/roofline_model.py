@@ -41,21 +41,22 @@ B are the same rows: a (column block, split) read once per wave), the empirical 
 
 Per family (``workload``): Gaussian projection (x, pre-centred in the operand dtype at the large
 tensor-core tiles, and U^T; writes C, bf16 in bf16 mode) and reconstruction (C and U; reads x,
-writes D; x not read by the READ_X False build, lam_rest = 0); moments (a launch's rows, its split scratch), times the launches of the label
-('(2 launches)'), each costed as the gate's first; neighbours (queries, rows, keys); the empirical
-denoiser per chunk: distances S = X Y'^T (reads both, writes S fp32), softmax (a program per query:
-its two passes over S's row, the second from HBM unless the resident rows fit L2, writes P; loops
-inside an outer loop run once per probe) and weighted sum (P and Y' per split, each split's
-accumulator tile written once), each times the call's chunks (cdiv(N, chunk): the last chunk, a few
-rows short, costed as full). ``former_plans`` adds the launch plans before issue 14 that run the
-same builds (neighbours' cdiv(2 SMs, query blocks) splits; moments' 13 launches of one split), and
-``torch_passes`` the launchers' HBM-bound torch passes (bytes / 4.3 TB/s): the Gaussian's x - mu,
-the empirical chunks' centred copies and the merge of their accumulators, the moments tf32
-pre-pass. A gpu_check timing row's prediction (``roofline_calls.py``: ``predicted_ms``, ``calls``) is the
-sum of its kernels and passes: the whole empirical denoiser call at B = 1024, N = 50 000, d = 3072 is the sum
-over its three kernels and its chunks, plus the copies and the merge. Not modelled: prologues and
-epilogues outside loops, latency (a wgmma waited on at once, wait depth 0, is costed as
-throughput only), launch overhead, L2 bandwidth, the moments' float64 merges.
+writes D; x not read by the READ_X False build, lam_rest = 0); moments (a launch's rows, its split
+scratch), times the launches of the label ('(2 launches)'), each costed as the gate's first;
+neighbours (queries, rows, keys); the empirical denoiser per chunk: distances S = X Y'^T (reads
+both, writes S fp32), softmax (a program per query: its two passes over S's row, the second from HBM
+unless the resident rows fit L2, writes P; loops inside an outer loop run once per probe) and
+weighted sum (P and Y' per split, each split's accumulator tile written once), each times the call's
+chunks (cdiv(N, chunk): the last chunk, a few rows short, costed as full). ``former_plans`` adds the
+launch plans before issue 14 that run the same builds (neighbours' cdiv(2 SMs, query blocks) splits;
+moments' 13 launches of one split), and ``torch_passes`` the launchers' HBM-bound torch passes
+(bytes / 4.3 TB/s): the Gaussian's x - mu, the empirical chunks' centred copies and the merge of
+their accumulators, the moments tf32 pre-pass. A gpu_check timing row's prediction
+(``roofline_calls.py``: ``predicted_ms``, ``calls``) is the sum of its kernels and passes: the whole
+empirical denoiser call at B = 1024, N = 50 000, d = 3072 is the sum over its three kernels and its
+chunks, plus the copies and the merge. Not modelled: prologues and epilogues outside loops, latency
+(a wgmma waited on at once, wait depth 0, is costed as throughput only), launch overhead, L2
+bandwidth, the moments' float64 merges.
 
 Outputs per kernel and shape: predicted time, the binding term, the fraction of peak
 (the time the useful flops would take at the ceilings / predicted time) and of the HBM floor

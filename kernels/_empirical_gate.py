@@ -48,8 +48,8 @@ def entries():
             sig = {"p_ptr": op, "y_ptr": op, "acc_ptr": "*fp32",
                    **ints("n_rows_p", "n_cols", "dim", "rows_per_split", "stride_p", "stride_y")}
             yield (names["sums"], _weighted_sum_kernel, sig,
-                   {"Y_TRANSPOSED": y_transposed(pv, "sums"), "PRECISION": pv, "EMULATE_BF16": False, "BLOCK_M": s_cfg.block_m,
-                    "BLOCK_D": s_cfg.block_n, "BLOCK_K": s_cfg.block_k},
+                   {"Y_TRANSPOSED": y_transposed(pv, "sums"), "PRECISION": pv, "EMULATE_BF16": False,
+                    "BLOCK_M": s_cfg.block_m, "BLOCK_D": s_cfg.block_n, "BLOCK_K": s_cfg.block_k},
                    s_cfg.num_warps, s_cfg.num_stages, pv != "ieee")
     sig = {"s_ptr": "*fp32", "p_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32",
            "best_ptr": "*i32", "spt_ptr": "*fp32", "thr_ptr": "*fp32", "cnt_ptr": "*i32", "cidx_ptr": "*i32",

@@ -12,6 +12,11 @@ from .gaussian import (CONFIGS, CONFIGS_BEFORE, GROUP_M, OUTPUTS, PRECISIONS, RO
                        _reconstruct_kernel, basis_transposed, plan)
 
 
+def _reconstruct_name(size: str, precision: str, read_x: bool = True) -> str:
+    """Gate name of a reconstruction build; ",lam_rest=0" marks READ_X False (x not read)."""
+    return f"gaussian_reconstruct[{size},{precision}{'' if read_x else ',lam_rest=0'}]"
+
+
 def _differs(key) -> bool:
     """Whether the "before" variant builds differently: other tiles, or (FMA) the K-major basis."""
     return CONFIGS_BEFORE[key] != CONFIGS[key] or key[0] == "fma"
@@ -60,9 +65,8 @@ def entries():
             recon = {"BASIS_T": basis_transposed(False, fma_tiles), **common}
             for read_x in (True, False) if not size.startswith("before") else (True,):
                 # READ_X False: lam_rest = 0 and D wanted, x not read (the builders' default)
-                yield (f"gaussian_reconstruct[{size},{precision}{'' if read_x else ',lam_rest=0'}]",
-                       _reconstruct_kernel, recon_sig, {**recon, "READ_X": read_x},
-                       cfg.num_warps, cfg.num_stages, precision != "ieee")
+                yield (_reconstruct_name(size, precision, read_x), _reconstruct_kernel, recon_sig,
+                       {**recon, "READ_X": read_x}, cfg.num_warps, cfg.num_stages, precision != "ieee")
 
 
 def targets(batch: int = 8192):
@@ -79,8 +83,8 @@ def targets(batch: int = 8192):
         yield f"gaussian_project[{size},{precision}]", label, args, p.project.grid
         size = _entry_size(precision, batch, d, variant, False)
         recon = {**args, "output_mode": OUTPUTS["denoised"]}
-        for suffix in ("", ",lam_rest=0") if variant == "tuned" else ("",):  # D with x read, and without
-            yield f"gaussian_reconstruct[{size},{precision}{suffix}]", label, recon, p.reconstruct.grid
+        for read_x in (True, False) if variant == "tuned" else (True,):  # D with x read, and without
+            yield _reconstruct_name(size, precision, read_x), label, recon, p.reconstruct.grid
 
 
 def aligned():
@@ -94,5 +98,5 @@ def aligned():
             for precision in (("ieee",) if family == "fma" else ("tf32", "bf16")):
                 yield f"gaussian_project[{size},{precision}]", {**sizes, "n_levels": 1}
                 if size == "large":
-                    yield f"gaussian_reconstruct[{size},{precision}]", sizes
-                    yield f"gaussian_reconstruct[{size},{precision},lam_rest=0]", sizes
+                    for read_x in (True, False):
+                        yield _reconstruct_name(size, precision, read_x), sizes

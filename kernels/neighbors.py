@@ -12,7 +12,7 @@ row whose key lies within twice ``dot_error`` (times the norms) of the k-th.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -114,7 +114,7 @@ CONFIGS = {"ieee": NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_row
 CONFIGS_SM90 = {**CONFIGS, "tf32x3": NNConfig(num_warps=4, num_stages=2, ctas_per_sm=2, centre_rows=False)}
 #: The ieee products as formed before issue 14's shared-memory fix (x' Y'^T: K-major raw rows as
 #: the FMA dot's B): gpu_check's A/B only, built by the gate on sm_90.
-IEEE_DIRECT = NNConfig(num_warps=8, num_stages=2, ctas_per_sm=1, centre_rows=True, queries_t=False)
+IEEE_DIRECT = replace(CONFIGS["ieee"], queries_t=False)
 #: Most candidates one call can return (one tile's worth of running best).
 MAX_CANDIDATES = BLOCK_N
 

@@ -339,7 +339,7 @@ class GaussianDenoiser(nn.Module):
         if rest.is_inference():  # no version counter to key on: read it every time
             return bool(rest == 0)
         key = (rest.data_ptr(), rest._version, str(rest.device))
-        if getattr(self, "_rest_flag", (None,))[0] != key:
+        if self._rest_flag[0] != key:
             self._rest_flag = (key, bool(rest == 0))
         return self._rest_flag[1]
 
