@@ -78,6 +78,30 @@ def test_ffma_jit_builds_carry_shared_memory_wavefronts(gate):
     assert all(r["smem_consistent"] is None and not r["smem_wavefronts"] for r in jit if r not in ffma)
 
 
+def _full_width(op: dict) -> int:
+    """Wavefronts of an operand's accesses were every lane's word distinct and conflict-free: 32
+    lanes x width / 128 bytes per access (a broadcast takes fewer, a bank conflict more)."""
+    return op["accesses"] * max(1, op["width_bits"] * 32 // 8 // 128)
+
+
+def test_launched_ffma_operands_read_the_banks_without_conflicts(gate):
+    """Issue 14: the ieee builds as launched read their dot's B operand N-contiguous, so no load
+    of it waits on a bank conflict (at most its full-width wavefronts; the K-major tiles of the
+    code before took 4-8x that); the K-major reads kept for gpu_check's A/B (the 'before' Gaussian
+    tiles, nn_candidates[ieee,direct]) still show the conflicts."""
+    _, results = gate
+    jit = {r["kernel"]: r for r in results if r["build"] == "jit" and r["arch"] == 90}
+    launched = ["gaussian_project[large,ieee]", "gaussian_reconstruct[large,ieee]", "gaussian_project[small,ieee]",
+                "empirical_dots[ieee]", "empirical_sums[ieee]", "empirical_dots[ieee,probes]", "nn_candidates[ieee]",
+                "centered_gram[large,ieee,sym]"]
+    for name in launched:
+        b = jit[name]["smem_wavefronts"]["B"]
+        assert b["wavefronts"] <= _full_width(b), (name, b)
+    for name in ("gaussian_project[before-large,ieee]", "nn_candidates[ieee,direct]"):
+        b = jit[name]["smem_wavefronts"]["B"]
+        assert b["wavefronts"] >= 2 * _full_width(b), (name, b)
+
+
 def test_gate_refuses_to_run_under_the_interpreter():
     from fastgauss.kernels import check
 
