@@ -25,14 +25,6 @@ Empirical denoiser      ieee, tf32, bf16, auto
 
 from __future__ import annotations
 
-#: What each name means (one line each; the module docstring has the long form).
-MEANINGS = {
-    "ieee": "exact fp32 products",
-    "tf32x3": "three TF32 tensor-core products per fp32 product (about fp32 accuracy)",
-    "tf32": "one TF32 tensor-core product (10-bit mantissa operands)",
-    "bf16": "bf16 operands (7-bit mantissa), fp32 accumulation",
-    "auto": "the fastest mode whose error bound meets the family's accuracy target, chosen per call",
-}
 #: Unit roundoff of one operand in each product mode ("float64": float64 inputs' products).
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "ieee": 2.0**-24, "tf32x3": 2.0**-21, "tf32": 2.0**-11, "bf16": 2.0**-8}
 

@@ -55,13 +55,17 @@ class LinearDistillation(nn.Module):
     def level_index(self, sigma: torch.Tensor) -> torch.Tensor:
         """Index of the grid level nearest each sigma [B] in log(sigma); sigma must be finite and > 0."""
         check_levels(sigma, positive=True, hint=self._grid_hint())
+        return self._nearest(sigma)
+
+    def _nearest(self, sigma: torch.Tensor) -> torch.Tensor:
+        """level_index for levels already checked."""
         return (torch.log(sigma.double()[:, None]) - torch.log(self.sigmas.double())[None, :]).abs().argmin(1)
 
     def forward(self, x, sigma):
         flat = flatten_batch(x, "x")
         s = per_sample(sigma, flat.shape[0], device=flat.device, dtype=torch.float64, positive=True,
                        hint=self._grid_hint())
-        levels = self.level_index(s)
+        levels = self._nearest(s)  # per_sample checked s as level_index would
         out = torch.empty_like(flat)
         for level in levels.unique().tolist():
             rows = levels == level

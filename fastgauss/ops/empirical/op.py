@@ -81,10 +81,10 @@ def levels(sigma, batch: int, device, dtype) -> torch.Tensor:
     return per_sample(sigma, batch, device=device, dtype=dtype, positive=True, hint=ZERO_HINT)
 
 
-def _queries(x, sigma, data: TrainingSet, owner: str = "this EmpiricalDenoiser"):
+def _queries(x, sigma, data: TrainingSet):
     """(x as a float tensor, its rows [B, d], sigma [B]) checked against the training set; x must be
     on the compute device (never moved there)."""
-    x = require_device(as_float(as_tensor(x, "x")), "x", data.device, owner)
+    x = require_device(as_float(as_tensor(x, "x")), "x", data.device, "this EmpiricalDenoiser")
     flat = flatten_batch(x, "x")
     if flat.shape[1] != data.dim:
         raise ValueError(f"x: has {flat.shape[1]} features (shape {tuple(x.shape)}) but the training set has "
@@ -94,9 +94,9 @@ def _queries(x, sigma, data: TrainingSet, owner: str = "this EmpiricalDenoiser")
     return x, flat, s
 
 
-def _denoise(x, sigma, data: TrainingSet, precision: str, owner: str = "this EmpiricalDenoiser") -> torch.Tensor:
+def _denoise(x, sigma, data: TrainingSet, precision: str) -> torch.Tensor:
     precisions.check_precision(precision, PRECISIONS, "the empirical denoiser")
-    x, flat, s = _queries(x, sigma, data, owner)
+    x, flat, s = _queries(x, sigma, data)
     if flat.shape[0] == 0:
         return x.clone()
     return _EmpiricalDenoise.apply(flat, s, data, precision).reshape(x.shape)
@@ -131,4 +131,4 @@ def empirical_denoise(x, sigma, data, *, precision: str = "ieee") -> torch.Tenso
     """
     x, data = as_float(as_tensor(x, "x")), as_float(as_tensor(data, "data"))
     same_device(("x", x), ("data", data))  # never moved
-    return _denoise(x, sigma, TrainingSet(data), precision, owner="x")
+    return _denoise(x, sigma, TrainingSet(data), precision)

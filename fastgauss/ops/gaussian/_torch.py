@@ -32,12 +32,9 @@ def shrink_dsigma(lam: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, -2 * sigma * lam / (safe * safe), torch.zeros_like(denom))
 
 
-def level_weights(sigma: torch.Tensor, lam: torch.Tensor, lam_rest: torch.Tensor, has_rest: bool = True):
-    """(w - a: [B, T, r], a: [B, T, 1]) for every row and level; has_rest False: lam_rest is 0
-    (a = 0, and w alone is formed)."""
+def level_weights(sigma: torch.Tensor, lam: torch.Tensor, lam_rest: torch.Tensor):
+    """(w - a: [B, T, r], a: [B, T, 1]) for every row and level."""
     s = sigma[..., None]
-    if not has_rest:
-        return shrink(lam, s), torch.zeros((), dtype=sigma.dtype, device=sigma.device).expand(*s.shape)
     base = shrink(lam_rest, s)
     return shrink(lam, s) - base, base
 

@@ -19,12 +19,12 @@ from ..._core.dtypes import compute_dtype
 
 
 def exact_flow(flat: torch.Tensor, levels: list[float], mean, eigvals, eigvecs, lam_rest, *,
-               every: bool, denoised: bool = False):
+               every: bool):
     """x [B, d] at levels[0] carried to the other levels: ([L, B, d] states, [L - 1, B, d] D or None).
 
-    every: all L levels (x[0] is flat itself), else only the last ([1, B, d]); denoised: also
-    D(x_i; s_i) at every level but the last (``every`` only). Shapes and devices are the caller's
-    (validated) business: everything is on the Gaussian's device.
+    every: all L levels (x[0] is flat itself) and D(x_i; s_i) at every level but the last, else
+    only the last state ([1, B, d]) and no D. Shapes and devices are the caller's (validated)
+    business: everything is on the Gaussian's device.
     """
     dtype = compute_dtype(flat.dtype, eigvecs.dtype)
     u, mu = eigvecs.to(dtype), mean.to(dtype)
@@ -39,14 +39,14 @@ def exact_flow(flat: torch.Tensor, levels: list[float], mean, eigvals, eigvecs, 
     scale = torch.sqrt((lam + sig[:, None] ** 2) / (lam + start**2))  # [L', r] float64
     scale_rest = torch.sqrt((rest + sig**2) / (rest + start**2))  # [L']
     factors, factors_rest = scale, scale_rest
-    if denoised:  # D at levels[:-1]: x's own factors times the shrinkage there (level 0: x itself)
+    if every:  # D at levels[:-1]: x's own factors times the shrinkage there (level 0: x itself)
         at = torch.tensor(levels[:-1], dtype=torch.float64, device=lam.device)
         x_scale = torch.cat([torch.ones_like(lam)[None], scale])[:len(levels) - 1]
         x_rest = torch.cat([torch.ones_like(rest)[None], scale_rest])[:len(levels) - 1]
         factors = torch.cat([scale, x_scale * gt.shrink(lam, at[:, None])])
         factors_rest = torch.cat([scale_rest, x_rest * gt.shrink(rest, at)])
     out = mu + (coeffs[None] * factors.to(dtype)[:, None]) @ u.T + factors_rest.to(dtype)[:, None, None] * outside
-    states, ds = out[:len(wanted)], (out[len(wanted):] if denoised else None)
+    states, ds = out[:len(wanted)], (out[len(wanted):] if every else None)
     if every:
         states = torch.cat([x0[None], states])  # the start is given, not reconstructed
     return states.to(flat.dtype), None if ds is None else ds.to(flat.dtype)

@@ -246,7 +246,7 @@ class GaussianDenoiser(nn.Module):
         x = self._check_input(x, name)
         sig = schedule(sigmas)
         states, ds = gflow.exact_flow(flatten_batch(x, name), sig, self.mean, self.eigvals, self.eigvecs,
-                                      self.lam_rest, every=return_trajectory, denoised=return_trajectory)
+                                      self.lam_rest, every=return_trajectory)
         if not return_trajectory:
             return states[-1].reshape(x.shape)
         traj = Trajectory(states.reshape(len(sig), *x.shape), ds.reshape(len(sig) - 1, *x.shape),
